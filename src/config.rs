@@ -1,0 +1,437 @@
+//! Configuration: loads `config/default.toml` (or `--config PATH`), applies
+//! the `HEARTH_*` environment overrides and validates every value.
+//!
+//! Owns the `Config` tree and its error sentences, which always name the bad
+//! key. It must not start anything or read anything but the file and the env.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The default configuration, compiled in so that the binary runs even when
+/// started outside the repository.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The path `hearth serve` reads when no `--config` is given.
+pub const DEFAULT_PATH: &str = "config/default.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config key `{key}`: {why}")]
+    Invalid { key: String, why: String },
+    #[error("config file is not valid TOML: {0}")]
+    Syntax(String),
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        why: why.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub websocket: WebSocketConfig,
+    pub sessions: SessionsConfig,
+    pub limits: LimitsConfig,
+    pub rate_limits: RateLimitsConfig,
+    pub history: HistoryConfig,
+    pub rooms: Vec<RoomConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub node_id: String,
+    pub redis_url: String,
+    pub data_dir: PathBuf,
+    pub allowed_origins: Vec<String>,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    pub max_frame_bytes: usize,
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+    pub max_write_buffer_bytes: usize,
+    pub outbound_queue: usize,
+    pub handshake_timeout_secs: u64,
+    pub ping_interval_secs: u64,
+    pub idle_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    pub resume_ttl_secs: u64,
+    pub resume_grace_secs: u64,
+    pub max_sessions: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_text_chars: usize,
+    pub max_report_reason_chars: usize,
+    pub max_reports_stored: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    pub connection_frames_per_second: u32,
+    pub connection_frames_burst: u32,
+    pub identity_messages_per_10s: u32,
+    pub room_messages_per_second: u32,
+    pub room_messages_burst: u32,
+    pub address_connects_per_minute: u32,
+    pub address_connects_burst: u32,
+    pub typing_per_10s: u32,
+    pub flood_strikes: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    pub on_join: usize,
+    pub max: usize,
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomConfig {
+    pub id: String,
+    pub title: String,
+    pub description: String,
+    pub capacity: usize,
+    pub guidelines: String,
+}
+
+impl Config {
+    /// Loads a config file, or the compiled-in default when `path` is `None`
+    /// and `config/default.toml` is absent, then applies env overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => read(p)?,
+            None if Path::new(DEFAULT_PATH).exists() => read(Path::new(DEFAULT_PATH))?,
+            None => DEFAULT_TOML.to_string(),
+        };
+        let mut cfg = Config::parse(&text)?;
+        cfg.apply_env(|k| std::env::var(k).ok());
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; unknown and mistyped keys are named by path.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let why = e.into_inner().message().to_string();
+            invalid(key, why)
+        })
+    }
+
+    /// The `HEARTH_*` overrides of the operator contract.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = get("HEARTH_LISTEN") {
+            self.server.listen = v;
+        }
+        if let Some(v) = get("HEARTH_REDIS_URL") {
+            self.server.redis_url = v;
+        }
+        if let Some(v) = get("HEARTH_NODE_ID") {
+            self.server.node_id = v;
+        }
+        if let Some(v) = get("HEARTH_DATA_DIR") {
+            self.server.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("HEARTH_LOG") {
+            self.log.filter = v;
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.listen",
+                format!("`{}` is not an address like 127.0.0.1:8080", s.listen),
+            ));
+        }
+        if !s.node_id.is_empty()
+            && (s.node_id.len() > 64
+                || !s
+                    .node_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(invalid(
+                "server.node_id",
+                "use at most 64 letters, digits, '-' or '_'",
+            ));
+        }
+        if !s.redis_url.is_empty() {
+            return Err(invalid(
+                "server.redis_url",
+                "cluster mode (Redis) is not available in this build yet; leave it empty for embedded mode",
+            ));
+        }
+        for (i, o) in s.allowed_origins.iter().enumerate() {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(invalid(
+                    format!("server.allowed_origins[{i}]"),
+                    "an origin looks like https://example.org (or \"*\" for any)",
+                ));
+            }
+        }
+        positive("server.shutdown_grace_secs", s.shutdown_grace_secs)?;
+        if s.shutdown_grace_secs > 9 {
+            return Err(invalid(
+                "server.shutdown_grace_secs",
+                "must be at most 9 so the process exits within 10 s",
+            ));
+        }
+
+        let w = &self.websocket;
+        if w.max_frame_bytes < self.limits.max_text_chars * 4 + 512 {
+            return Err(invalid(
+                "websocket.max_frame_bytes",
+                "must fit a full-length message: at least limits.max_text_chars * 4 + 512",
+            ));
+        }
+        if w.read_buffer_bytes < 256 {
+            return Err(invalid(
+                "websocket.read_buffer_bytes",
+                "must be at least 256",
+            ));
+        }
+        if w.write_buffer_bytes == 0 {
+            return Err(invalid("websocket.write_buffer_bytes", "must be positive"));
+        }
+        if w.max_write_buffer_bytes <= w.write_buffer_bytes {
+            return Err(invalid(
+                "websocket.max_write_buffer_bytes",
+                "must be greater than websocket.write_buffer_bytes",
+            ));
+        }
+        positive("websocket.outbound_queue", w.outbound_queue as u64)?;
+        positive("websocket.handshake_timeout_secs", w.handshake_timeout_secs)?;
+        positive("websocket.ping_interval_secs", w.ping_interval_secs)?;
+        if w.idle_timeout_secs <= w.ping_interval_secs {
+            return Err(invalid(
+                "websocket.idle_timeout_secs",
+                "must be longer than websocket.ping_interval_secs",
+            ));
+        }
+
+        positive("sessions.resume_ttl_secs", self.sessions.resume_ttl_secs)?;
+        if self.sessions.resume_grace_secs > self.sessions.resume_ttl_secs {
+            return Err(invalid(
+                "sessions.resume_grace_secs",
+                "must not be longer than sessions.resume_ttl_secs",
+            ));
+        }
+        positive("sessions.max_sessions", self.sessions.max_sessions as u64)?;
+
+        let l = &self.limits;
+        if !(1..=10_000).contains(&l.max_text_chars) {
+            return Err(invalid("limits.max_text_chars", "must be from 1 to 10000"));
+        }
+        positive(
+            "limits.max_report_reason_chars",
+            l.max_report_reason_chars as u64,
+        )?;
+        positive("limits.max_reports_stored", l.max_reports_stored as u64)?;
+
+        let r = &self.rate_limits;
+        for (k, v) in [
+            (
+                "rate_limits.connection_frames_per_second",
+                r.connection_frames_per_second,
+            ),
+            (
+                "rate_limits.connection_frames_burst",
+                r.connection_frames_burst,
+            ),
+            (
+                "rate_limits.identity_messages_per_10s",
+                r.identity_messages_per_10s,
+            ),
+            (
+                "rate_limits.room_messages_per_second",
+                r.room_messages_per_second,
+            ),
+            ("rate_limits.room_messages_burst", r.room_messages_burst),
+            (
+                "rate_limits.address_connects_per_minute",
+                r.address_connects_per_minute,
+            ),
+            (
+                "rate_limits.address_connects_burst",
+                r.address_connects_burst,
+            ),
+            ("rate_limits.typing_per_10s", r.typing_per_10s),
+            ("rate_limits.flood_strikes", r.flood_strikes),
+        ] {
+            positive(k, v as u64)?;
+        }
+
+        let h = &self.history;
+        positive("history.max", h.max as u64)?;
+        if h.on_join > h.max {
+            return Err(invalid(
+                "history.on_join",
+                "must not be larger than history.max",
+            ));
+        }
+        positive("history.ttl_secs", h.ttl_secs)?;
+
+        if self.rooms.is_empty() {
+            return Err(invalid("rooms", "configure at least one room"));
+        }
+        let mut seen = HashSet::new();
+        for (i, room) in self.rooms.iter().enumerate() {
+            if !valid_room_id(&room.id) {
+                return Err(invalid(
+                    format!("rooms[{i}].id"),
+                    "use 1 to 32 lowercase letters, digits or '-'",
+                ));
+            }
+            if !seen.insert(room.id.as_str()) {
+                return Err(invalid(
+                    format!("rooms[{i}].id"),
+                    format!("`{}` is used by two rooms", room.id),
+                ));
+            }
+            if room.title.trim().is_empty() {
+                return Err(invalid(format!("rooms[{i}].title"), "must not be empty"));
+            }
+            if room.guidelines.trim().is_empty() {
+                return Err(invalid(
+                    format!("rooms[{i}].guidelines"),
+                    "every room needs guidelines",
+                ));
+            }
+            positive(&format!("rooms[{i}].capacity"), room.capacity as u64)?;
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server
+            .listen
+            .parse()
+            .map_err(|_| invalid("server.listen", "not a socket address"))
+    }
+
+    pub fn secs(v: u64) -> Duration {
+        Duration::from_secs(v)
+    }
+}
+
+pub fn valid_room_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        Err(invalid(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+fn read(p: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        let cfg = Config::parse(DEFAULT_TOML).expect("parses");
+        cfg.validate().expect("valid");
+        let ids: Vec<_> = cfg.rooms.iter().map(|r| r.id.as_str()).collect();
+        for want in ["bereavement", "substance-use", "anxiety"] {
+            assert!(ids.contains(&want), "{want} missing");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = DEFAULT_TOML.replace("[history]", "[history]\nbogus = 1");
+        let err = Config::parse(&text).expect_err("must fail").to_string();
+        assert!(err.contains("history.bogus"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let text = DEFAULT_TOML.replacen("capacity = 30", "capacity = \"lots\"", 1);
+        let err = Config::parse(&text).expect_err("must fail").to_string();
+        assert!(err.contains("rooms[0].capacity"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let mut cfg = Config::parse(DEFAULT_TOML).expect("parses");
+        cfg.rooms[1].capacity = 0;
+        let err = cfg.validate().expect_err("must fail").to_string();
+        assert!(err.contains("rooms[1].capacity"), "{err}");
+        let mut cfg = Config::parse(DEFAULT_TOML).expect("parses");
+        cfg.apply_env(|k| (k == "HEARTH_LISTEN").then(|| "nonsense".to_string()));
+        let err = cfg.validate().expect_err("must fail").to_string();
+        assert!(err.contains("server.listen"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let mut cfg = Config::parse(DEFAULT_TOML).expect("parses");
+        cfg.apply_env(|k| match k {
+            "HEARTH_LISTEN" => Some("127.0.0.1:0".into()),
+            "HEARTH_NODE_ID" => Some("hub-z".into()),
+            _ => None,
+        });
+        assert_eq!(cfg.server.listen, "127.0.0.1:0");
+        assert_eq!(cfg.server.node_id, "hub-z");
+        cfg.validate().expect("valid");
+    }
+}

@@ -1,0 +1,88 @@
+//! Hearth: a real-time, anonymous peer-support chat server.
+//!
+//! Data flows one way: `http` → `session` → `hub` → `fanout` → back out to
+//! sessions' outboxes.
+//!
+//! - `config`: loads and validates `config/*.toml` and `HEARTH_*` overrides.
+//! - `protocol`: the JSON wire types, error codes and close codes; nothing else.
+//! - `http`: the axum router (`/ws`, health, metrics, public API), Origin and
+//!   per-address checks before a socket exists.
+//! - `session`: one task per connection: handshake, decode, per-connection
+//!   limits, pings, the bounded outbound queue.
+//! - `hub`: identities, rooms, membership, presence, the send pipeline; the
+//!   only place room state changes.
+//! - `fanout`: numbering, history and delivery (`memory` backend today).
+//! - `safety`: rate limits, text checks and the verdict; pure.
+//! - `metrics`: counters, gauges and a histogram in Prometheus text.
+//!
+//! `run` serves until the shutdown token is cancelled, then tells every
+//! client 1012 and returns within the configured grace.
+
+pub mod config;
+pub mod fanout;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod safety;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// Serves on `listener` until `shutdown` is cancelled. On shutdown it stops
+/// accepting, sends every client close 1012 and waits up to
+/// `server.shutdown_grace_secs` for them.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let hub = hub::HubHandle::new(config.clone(), metrics, shutdown.clone());
+    let tracker = TaskTracker::new();
+    tracker.spawn(hub.clone().run_maintenance());
+    tracing::info!(
+        node = hub.node(),
+        rooms = hub.room_count(),
+        "hub started (embedded mode)"
+    );
+
+    let app = http::router(http::AppState {
+        hub,
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+        ready: Arc::new(AtomicBool::new(true)),
+    });
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // An HTTP request that never finishes must not hold the process past
+    // its deadline.
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = serve => r?,
+        _ = deadline => tracing::warn!("HTTP connections still open at the deadline"),
+    }
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("some connections did not close within the grace period");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

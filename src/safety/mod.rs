@@ -1,0 +1,98 @@
+//! Safety: the checks every `send` passes before it is published.
+//!
+//! Owns rate limits (`limits`) and the text checks and verdict. It is pure:
+//! no I/O, no room state, no sockets; `hub` calls it and acts on the answer.
+//! Today the verdict step only checks size and emptiness; content filters and
+//! the crisis classifier plug in at `judge` (the safety issue).
+
+pub mod limits;
+
+pub use limits::{ConnectionLimits, Limited, Limiters};
+
+/// What happens to a message that passed the limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Publish it to the room.
+    Deliver,
+    /// Keep it for staff review; the sender gets `ok` with `held`.
+    Hold,
+    /// Refuse it, with a sentence for the sender saying why.
+    Block(&'static str),
+}
+
+/// Why a text cannot be sent at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    #[error("message is empty")]
+    Empty,
+    #[error("message has {chars} characters; the limit is {max}")]
+    TooLarge { chars: usize, max: usize },
+}
+
+/// Normalises a message (NFC, control characters but `\n` stripped) and
+/// checks its length in characters against `max_chars`.
+pub fn prepare_text(raw: &str, max_chars: usize) -> Result<String, TextError> {
+    // Refuse absurdly long input before normalising it. A character is at
+    // most 4 bytes and NFC grows text only slightly, so 16 bytes per allowed
+    // character can never cut a message that would have fitted.
+    if raw.len() > max_chars.saturating_mul(16) {
+        return Err(TextError::TooLarge {
+            chars: raw.chars().count(),
+            max: max_chars,
+        });
+    }
+    let text = crate::protocol::normalise_text(raw);
+    if text.trim().is_empty() {
+        return Err(TextError::Empty);
+    }
+    let chars = text.chars().count();
+    if chars > max_chars {
+        return Err(TextError::TooLarge {
+            chars,
+            max: max_chars,
+        });
+    }
+    Ok(text)
+}
+
+/// The verdict for a prepared text. Content filters and the crisis
+/// classifier arrive with the safety issue; until then every message that
+/// passed the limits is delivered.
+pub fn judge(_room: &str, _text: &str) -> Verdict {
+    Verdict::Deliver
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_whitespace_are_empty() {
+        assert_eq!(prepare_text("", 10), Err(TextError::Empty));
+        assert_eq!(prepare_text(" \n\t ", 10), Err(TextError::Empty));
+        assert_eq!(prepare_text("\u{7}\u{1b}", 10), Err(TextError::Empty));
+    }
+
+    #[test]
+    fn length_counts_characters_not_bytes() {
+        assert_eq!(prepare_text("ééééé", 5).as_deref(), Ok("ééééé"));
+        assert_eq!(
+            prepare_text("ééééé!", 5),
+            Err(TextError::TooLarge { chars: 6, max: 5 })
+        );
+    }
+
+    #[test]
+    fn huge_input_is_refused_early() {
+        let big = "a".repeat(10_000);
+        assert!(matches!(
+            prepare_text(&big, 100),
+            Err(TextError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn everything_is_delivered_until_filters_land() {
+        assert_eq!(judge("anxiety", "hello"), Verdict::Deliver);
+    }
+}

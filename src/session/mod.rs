@@ -1,0 +1,381 @@
+//! One task per WebSocket connection: handshake, decode, per-connection
+//! limits, pings, and draining the bounded outbound queue into the socket.
+//!
+//! Owns the connection's lifecycle and its close code. Everything it knows
+//! about rooms and identities comes from `hub`; it must not change room state
+//! itself. Replies go through the same `Outbox` as room traffic, so a
+//! connection has exactly one writer and one order.
+
+pub mod outbox;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Conn, HubError, HubHandle};
+use crate::metrics::Metrics;
+use crate::protocol::{self, close, ClientFrame, ErrorCode, Limits, Ref, ServerFrame, ServerInfo};
+use crate::safety::ConnectionLimits;
+use outbox::Outbox;
+
+/// A socket that accepts no bytes for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a close frame may take to go out before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// An idle connection's write buffer is shrunk back when it grew past this.
+const KEEP_BUFFER: usize = 64;
+
+/// How the connection ends.
+enum End {
+    /// Send a close frame with this code and reason.
+    Close(u16, &'static str),
+    /// The peer is gone or unresponsive: just drop the socket.
+    Drop,
+}
+
+/// Counts the connection in the gauge for exactly as long as it lives.
+struct Gauge(Arc<Metrics>);
+
+impl Gauge {
+    fn new(m: Arc<Metrics>) -> Gauge {
+        Metrics::gauge(&m.connections, 1);
+        Gauge(m)
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        Metrics::gauge(&self.0.connections, -1);
+    }
+}
+
+struct Session {
+    hub: HubHandle,
+    outbox: Arc<Outbox>,
+    limits: ConnectionLimits,
+    conn: Option<Conn>,
+}
+
+/// Runs one connection until it closes. Errors end here: they are logged
+/// once and never reach the accept loop.
+pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken) {
+    let _gauge = Gauge::new(hub.metrics().clone());
+    let cfg = hub.config().websocket.clone();
+    let mut s = Session {
+        outbox: Arc::new(Outbox::new(cfg.outbound_queue)),
+        limits: hub.limiters().for_connection(),
+        conn: None,
+        hub,
+    };
+    let handshake = tokio::time::sleep(Duration::from_secs(cfg.handshake_timeout_secs));
+    tokio::pin!(handshake);
+    let ping_every = Duration::from_secs(cfg.ping_interval_secs);
+    let idle = Duration::from_secs(cfg.idle_timeout_secs);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut last_rx = Instant::now();
+    let mut buf: VecDeque<Utf8Bytes> = VecDeque::new();
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                break End::Close(close::RESTARTING, "server restarting; reconnect with resume");
+            }
+            _ = s.outbox.ready() => {
+                let closing = s.outbox.drain_into(&mut buf);
+                if let Err(end) = write_all(&mut ws, &mut buf).await {
+                    break end;
+                }
+                if buf.capacity() > KEEP_BUFFER {
+                    buf.shrink_to(KEEP_BUFFER);
+                }
+                if let Some(reason) = closing {
+                    break End::Close(reason.code, reason.reason);
+                }
+            }
+            _ = &mut handshake, if s.conn.is_none() => {
+                break End::Close(close::HANDSHAKE_TIMEOUT, "no hello within the handshake timeout");
+            }
+            _ = ping.tick() => {
+                if last_rx.elapsed() > idle {
+                    tracing::debug!("connection idle past its timeout; dropping");
+                    break End::Drop;
+                }
+                let sent = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break End::Drop;
+                }
+            }
+            msg = ws.recv() => {
+                let msg = match msg {
+                    None => break End::Drop,
+                    Some(Err(e)) => break read_error(e),
+                    Some(Ok(m)) => m,
+                };
+                last_rx = Instant::now();
+                match msg {
+                    Message::Text(text) => {
+                        if let Some(end) = s.on_text(text.as_str()).await {
+                            break end;
+                        }
+                    }
+                    Message::Binary(_) => {
+                        Metrics::inc(&s.hub.metrics().bad_frames);
+                        s.error(None, ErrorCode::BadRequest, "Hearth speaks JSON in text frames; binary frames are not accepted.");
+                    }
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Close(_) => break End::Drop,
+                }
+            }
+        }
+    };
+
+    // Stop the hub queueing for us before anything else.
+    s.outbox.close(outbox::CloseReason {
+        code: close::NORMAL,
+        reason: "closing",
+    });
+    if let Some(conn) = s.conn.take() {
+        s.hub.disconnect(&conn);
+    }
+    if let End::Close(code, reason) = end {
+        if code == close::FLOODING {
+            Metrics::inc(&s.hub.metrics().flood_disconnects);
+        }
+        tracing::debug!(code, reason, "closing connection");
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(frame)).await;
+    }
+}
+
+/// Writes queued frames with one flush. A socket that does not accept them
+/// within `WRITE_TIMEOUT` is dead to us.
+async fn write_all(ws: &mut WebSocket, buf: &mut VecDeque<Utf8Bytes>) -> Result<(), End> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        for frame in buf.drain(..) {
+            ws.feed(Message::Text(frame)).await?;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::debug!(cause = %e, "write failed");
+            Err(End::Drop)
+        }
+        Err(_) => {
+            tracing::debug!("write timed out; dropping connection");
+            Err(End::Drop)
+        }
+    }
+}
+
+/// A read error: an oversized frame gets 1009, anything else ends quietly.
+fn read_error(e: axum::Error) -> End {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => {
+            End::Close(close::TOO_BIG, "frame larger than the server accepts")
+        }
+        _ => {
+            tracing::debug!(cause = %inner, "read failed");
+            End::Drop
+        }
+    }
+}
+
+impl Session {
+    fn push(&self, frame: String) {
+        // A reply that overflows the queue closes the connection with 4009,
+        // exactly like room traffic would.
+        let _ = self.outbox.push(frame.into());
+    }
+
+    fn error(&self, rf: Option<&Ref>, code: ErrorCode, message: &str) {
+        self.push(
+            ServerFrame::Error {
+                rf,
+                code,
+                message,
+                retry_after_ms: None,
+                until: None,
+            }
+            .encode(),
+        );
+    }
+
+    fn hub_error(&self, rf: Option<&Ref>, e: &HubError) {
+        self.push(
+            ServerFrame::Error {
+                rf,
+                code: e.code(),
+                message: &e.sentence(),
+                retry_after_ms: e.retry_after_ms(),
+                until: None,
+            }
+            .encode(),
+        );
+    }
+
+    fn ok(&self, rf: Option<&Ref>) {
+        self.push(
+            ServerFrame::Ok {
+                rf,
+                id: None,
+                seq: None,
+                held: None,
+            }
+            .encode(),
+        );
+    }
+
+    /// Records a rate-limit refusal; `Some` when it tips into flooding.
+    fn strike(&self) -> Option<End> {
+        (!self.limits.strike()).then_some(End::Close(
+            close::FLOODING,
+            "kept sending after being rate-limited",
+        ))
+    }
+
+    async fn on_text(&mut self, text: &str) -> Option<End> {
+        let metrics = self.hub.metrics().clone();
+        if let Err(l) = self.limits.frame() {
+            Metrics::inc(&metrics.rate_limited_connection);
+            let rf = protocol::decode(text).0;
+            let e = HubError::RateLimited {
+                scope: "connection",
+                retry_after_ms: l.retry_after_ms(),
+            };
+            self.hub_error(rf.as_ref(), &e);
+            return self.strike();
+        }
+        let (rf, frame) = protocol::decode(text);
+        let rf = rf.as_ref();
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                Metrics::inc(&metrics.bad_frames);
+                self.error(rf, e.code(), &e.to_string());
+                return None;
+            }
+        };
+        let Some(conn) = self.conn.clone() else {
+            return self.on_hello(rf, frame);
+        };
+        match frame {
+            ClientFrame::Hello(_) => {
+                self.error(
+                    rf,
+                    ErrorCode::BadRequest,
+                    "This connection has already said hello.",
+                );
+            }
+            ClientFrame::Join(j) => {
+                if let Err(e) = self.hub.join(&conn, rf, &j.room, j.since.as_ref()).await {
+                    self.hub_error(rf, &e);
+                }
+            }
+            ClientFrame::Leave(l) => match self.hub.leave(&conn, &l.room) {
+                Ok(()) => self.push(ServerFrame::Left { rf, room: &l.room }.encode()),
+                Err(e) => self.hub_error(rf, &e),
+            },
+            ClientFrame::Send(m) => match self.hub.send(&conn, &m.room, &m.text).await {
+                Ok(sent) => self.push(
+                    ServerFrame::Ok {
+                        rf,
+                        id: Some(&sent.id),
+                        seq: sent.seq,
+                        held: sent.held.then_some(true),
+                    }
+                    .encode(),
+                ),
+                Err(e) => {
+                    self.hub_error(rf, &e);
+                    if e.is_rate_limit() {
+                        return self.strike();
+                    }
+                }
+            },
+            ClientFrame::Typing(t) => {
+                if self.limits.typing() {
+                    if let Err(e) = self.hub.typing(&conn, &t.room) {
+                        self.hub_error(rf, &e);
+                    }
+                }
+            }
+            ClientFrame::Report(r) => {
+                match self
+                    .hub
+                    .report(&conn, &r.room, &r.message, r.reason.as_deref())
+                {
+                    Ok(()) => self.ok(rf),
+                    Err(e) => self.hub_error(rf, &e),
+                }
+            }
+            ClientFrame::Staff(ty) => {
+                let msg = format!("Only moderators and clinicians can use \"{ty}\".");
+                self.error(rf, ErrorCode::Forbidden, &msg);
+            }
+        }
+        None
+    }
+
+    fn on_hello(&mut self, rf: Option<&Ref>, frame: ClientFrame) -> Option<End> {
+        let ClientFrame::Hello(hello) = frame else {
+            self.error(
+                rf,
+                ErrorCode::BadRequest,
+                "Say hello first: the first frame on a connection must be \"hello\".",
+            );
+            return None;
+        };
+        if hello.auth.is_some() {
+            // Staff sign-in arrives with the staff issue; until then no token
+            // can be valid, and the contract says a bad token closes 4003.
+            self.error(
+                rf,
+                ErrorCode::Unauthorized,
+                "Staff sign-in is not available on this server.",
+            );
+            return Some(End::Close(close::UNAUTHORIZED, "staff sign-in refused"));
+        }
+        let welcome = match self.hub.hello(self.outbox.clone(), hello.resume.as_deref()) {
+            Ok(w) => w,
+            Err(e) => {
+                self.hub_error(rf, &e);
+                return None;
+            }
+        };
+        let cfg = self.hub.config();
+        let frame = ServerFrame::Welcome {
+            rf,
+            session: &welcome.token,
+            you: &welcome.conn.member,
+            resumed: welcome.resumed,
+            rooms: self.hub.room_list(),
+            joined: welcome.joined,
+            limits: Limits {
+                max_text_chars: cfg.limits.max_text_chars,
+                messages_per_10s: cfg.rate_limits.identity_messages_per_10s,
+            },
+            server: ServerInfo {
+                version: env!("CARGO_PKG_VERSION"),
+                node: self.hub.node().to_string(),
+            },
+        }
+        .encode();
+        self.push(frame);
+        self.conn = Some(welcome.conn);
+        None
+    }
+}
