@@ -216,10 +216,10 @@ impl Config {
             }
         }
         positive("server.shutdown_grace_secs", s.shutdown_grace_secs)?;
-        if s.shutdown_grace_secs > 9 {
+        if s.shutdown_grace_secs > 8 {
             return Err(invalid(
                 "server.shutdown_grace_secs",
-                "must be at most 9 so the process exits within 10 s",
+                "must be at most 8 so the process exits within 10 s",
             ));
         }
 

@@ -87,7 +87,7 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken)
             }
             _ = s.outbox.ready() => {
                 let closing = s.outbox.drain_into(&mut buf);
-                if let Err(end) = write_all(&mut ws, &mut buf).await {
+                if let Err(end) = write_all(&mut ws, &mut buf, &shutdown).await {
                     break end;
                 }
                 if buf.capacity() > KEEP_BUFFER {
@@ -156,8 +156,12 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken)
 }
 
 /// Writes queued frames with one flush. A socket that does not accept them
-/// within `WRITE_TIMEOUT` is dead to us.
-async fn write_all(ws: &mut WebSocket, buf: &mut VecDeque<Utf8Bytes>) -> Result<(), End> {
+/// within `WRITE_TIMEOUT` is dead to us; shutdown does not wait for it.
+async fn write_all(
+    ws: &mut WebSocket,
+    buf: &mut VecDeque<Utf8Bytes>,
+    shutdown: &CancellationToken,
+) -> Result<(), End> {
     if buf.is_empty() {
         return Ok(());
     }
@@ -167,7 +171,13 @@ async fn write_all(ws: &mut WebSocket, buf: &mut VecDeque<Utf8Bytes>) -> Result<
         }
         ws.flush().await
     };
-    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(WRITE_TIMEOUT, write) => r,
+        _ = shutdown.cancelled() => {
+            return Err(End::Close(close::RESTARTING, "server restarting; reconnect with resume"));
+        }
+    };
+    match outcome {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             tracing::debug!(cause = %e, "write failed");
