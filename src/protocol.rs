@@ -51,7 +51,6 @@ impl Ref {
 
 /// `since` on `join`: where the client's copy of a room's history ends.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Since {
     pub seq: u64,
     pub epoch: String,

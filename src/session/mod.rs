@@ -35,6 +35,8 @@ enum End {
     Close(u16, &'static str),
     /// The peer is gone or unresponsive: just drop the socket.
     Drop,
+    /// The peer sent a close frame: answer it (tungstenite queued the reply).
+    PeerClosed,
 }
 
 /// Counts the connection in the gauge for exactly as long as it lives.
@@ -119,16 +121,28 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken)
                 last_rx = Instant::now();
                 match msg {
                     Message::Text(text) => {
+                        if let Err(end) = s.limit_frame(Some(text.as_str())) {
+                            match end {
+                                Some(end) => break end,
+                                None => continue,
+                            }
+                        }
                         if let Some(end) = s.on_text(text.as_str()).await {
                             break end;
                         }
                     }
                     Message::Binary(_) => {
+                        if let Err(end) = s.limit_frame(None) {
+                            match end {
+                                Some(end) => break end,
+                                None => continue,
+                            }
+                        }
                         Metrics::inc(&s.hub.metrics().bad_frames);
                         s.error(None, ErrorCode::BadRequest, "Hearth speaks JSON in text frames; binary frames are not accepted.");
                     }
                     Message::Ping(_) | Message::Pong(_) => {}
-                    Message::Close(_) => break End::Drop,
+                    Message::Close(_) => break End::PeerClosed,
                 }
             }
         }
@@ -142,17 +156,55 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken)
     if let Some(conn) = s.conn.take() {
         s.hub.disconnect(&conn);
     }
-    if let End::Close(code, reason) = end {
-        if code == close::FLOODING {
-            Metrics::inc(&s.hub.metrics().flood_disconnects);
+    match end {
+        End::Close(code, reason) => {
+            if code == close::FLOODING {
+                Metrics::inc(&s.hub.metrics().flood_disconnects);
+            }
+            tracing::debug!(code, reason, "closing connection");
+            close_gracefully(&mut ws, &s.outbox, &mut buf, code, reason).await;
         }
-        tracing::debug!(code, reason, "closing connection");
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(frame)).await;
+        End::PeerClosed => {
+            // Sends the close reply tungstenite queued when the frame arrived.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+        }
+        End::Drop => {}
     }
+}
+
+/// Sends what is still queued (an error explaining the close, say), then the
+/// close frame, then waits briefly for the peer's close reply, so the TCP
+/// connection ends cleanly instead of with a reset that would discard the
+/// close frame (and everything before it) on the client's side.
+async fn close_gracefully(
+    ws: &mut WebSocket,
+    outbox: &Outbox,
+    buf: &mut VecDeque<Utf8Bytes>,
+    code: u16,
+    reason: &'static str,
+) {
+    let _ = outbox.drain_into(buf);
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    let send = async {
+        for f in buf.drain(..) {
+            ws.feed(Message::Text(f)).await?;
+        }
+        ws.send(frame).await
+    };
+    if !matches!(tokio::time::timeout(CLOSE_TIMEOUT, send).await, Ok(Ok(()))) {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(msg)) = ws.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Writes queued frames with one flush. A socket that does not accept them
@@ -257,18 +309,25 @@ impl Session {
         ))
     }
 
+    /// The per-connection limit on any data frame. `Err(None)`: refused,
+    /// answered with `rate_limited`; `Err(Some(end))`: refused once too
+    /// often, the connection is flooding.
+    fn limit_frame(&self, text: Option<&str>) -> Result<(), Option<End>> {
+        let Err(l) = self.limits.frame() else {
+            return Ok(());
+        };
+        Metrics::inc(&self.hub.metrics().rate_limited_connection);
+        let rf = text.and_then(|t| protocol::decode(t).0);
+        let e = HubError::RateLimited {
+            scope: "connection",
+            retry_after_ms: l.retry_after_ms(),
+        };
+        self.hub_error(rf.as_ref(), &e);
+        Err(self.strike())
+    }
+
     async fn on_text(&mut self, text: &str) -> Option<End> {
         let metrics = self.hub.metrics().clone();
-        if let Err(l) = self.limits.frame() {
-            Metrics::inc(&metrics.rate_limited_connection);
-            let rf = protocol::decode(text).0;
-            let e = HubError::RateLimited {
-                scope: "connection",
-                retry_after_ms: l.retry_after_ms(),
-            };
-            self.hub_error(rf.as_ref(), &e);
-            return self.strike();
-        }
         let (rf, frame) = protocol::decode(text);
         let rf = rf.as_ref();
         let frame = match frame {
