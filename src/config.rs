@@ -223,6 +223,16 @@ impl Config {
             ));
         }
 
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            return Err(invalid(
+                "log.filter",
+                format!(
+                    "`{}` is not a log filter like \"info\" or \"info,hearth=debug\" (HEARTH_LOG overrides this key)",
+                    self.log.filter
+                ),
+            ));
+        }
+
         let w = &self.websocket;
         if w.max_frame_bytes < self.limits.max_text_chars * 4 + 512 {
             return Err(invalid(

@@ -71,9 +71,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let addr = config.listen_addr()?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let bound = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         spawn_signal_handler(shutdown.clone())?;
@@ -86,6 +84,20 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         hearth::run(config, listener, shutdown).await?;
         Ok(())
     })
+}
+
+/// Binds with a deep accept queue: the default of 128 overflows when many
+/// clients reconnect at once (after a restart, say), and each dropped SYN
+/// costs that client a one-second retransmit.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 fn init_tracing(config: &Config) {

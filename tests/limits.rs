@@ -167,8 +167,11 @@ async fn flooding_after_rate_limits_closes_4008() {
         }
     };
     assert_eq!(code, 4008);
+    // The first refusal only starts the clock; each of the next three sends
+    // ignores its retry_after_ms (a strike); the fourth strike closes, after
+    // its own refusal has been delivered.
     assert!(
-        (3..=4).contains(&limited),
+        (4..=5).contains(&limited),
         "flood_strikes = 3: {limited} rate-limited replies before the close"
     );
     assert!(hub.metric("hearth_flood_disconnects_total").await >= 1.0);
@@ -264,9 +267,18 @@ async fn report_is_ok_and_the_author_is_never_told() {
         .await;
     assert_eq!(ok["type"], "ok", "{ok}");
     assert_eq!(ok["ref"], 9);
-    // Without a reason, too.
+    // Reporting the same message again is fine but kept once.
     let ok = reporter
         .request(json!({"type": "report", "room": "anxiety", "message": id}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    assert_eq!(hub.metric("hearth_reports_total").await, 1.0);
+    // Without a reason, too.
+    let (other, _) = author.say("anxiety", "something else").await;
+    author.recv_type("message").await;
+    reporter.recv_type("message").await;
+    let ok = reporter
+        .request(json!({"type": "report", "room": "anxiety", "message": other}))
         .await;
     assert_eq!(ok["type"], "ok", "{ok}");
     assert_eq!(hub.metric("hearth_reports_total").await, 2.0);
@@ -438,4 +450,38 @@ async fn client_that_answers_pings_outlives_the_idle_timeout() {
     assert!(c.recv_within(Duration::from_secs(4)).await.is_none());
     assert_eq!(hub.metric("hearth_connections").await, 1.0);
     c.join("anxiety").await;
+}
+
+#[tokio::test]
+async fn a_client_that_waits_as_told_is_never_closed() {
+    let hub = TestHub::start_with(|t| {
+        common::set(t, "rate_limits", "connection_frames_per_second", "10");
+        common::set(t, "rate_limits", "connection_frames_burst", "1");
+        common::set(t, "rate_limits", "flood_strikes", "1");
+    })
+    .await;
+    let mut c = TestClient::connect(&hub).await;
+    c.hello().await;
+    let mut refusals = 0;
+    let mut accepted = 0;
+    while accepted < 20 {
+        assert!(refusals < 200, "too many refusals");
+        let reply = c
+            .request(json!({"type": "leave", "ref": accepted, "room": "bereavement"}))
+            .await;
+        match reply["type"].as_str() {
+            Some("left") => accepted += 1,
+            _ => {
+                assert_error(&reply, "rate_limited");
+                refusals += 1;
+                let ms = reply["retry_after_ms"].as_u64().expect("retry_after_ms");
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
+    }
+    assert!(
+        refusals > 0,
+        "the limit was never reached; the test proves nothing"
+    );
+    assert_eq!(hub.metric("hearth_flood_disconnects_total").await, 0.0);
 }

@@ -267,6 +267,15 @@ fn check_config_names_the_bad_key() {
             },
             "websocket.idle_timeout_secs",
         ),
+        (
+            "log filter that does not parse",
+            {
+                let mut t = TEST_CONFIG.to_string();
+                common::set(&mut t, "log", "filter", "\"info,hearth=loud\"");
+                t
+            },
+            "log.filter",
+        ),
     ];
     for (what, text, key) in cases {
         let p = write_config(&dir, "bad.toml", &text);

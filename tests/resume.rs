@@ -262,3 +262,27 @@ async fn resume_after_grace_rejoins_with_presence() {
     let next = a.recv().await;
     assert_eq!(next["type"], "message", "{next}");
 }
+
+#[tokio::test]
+async fn a_resumed_peer_that_sends_before_rejoining_gets_its_own_message() {
+    let hub = TestHub::start().await;
+    let mut a = TestClient::joined_peer(&hub, "anxiety").await;
+    let mut b = TestClient::joined_peer(&hub, "anxiety").await;
+    a.recv_type("presence").await;
+    let token = b.session.clone();
+    drop(b);
+
+    let mut b2 = TestClient::connect(&hub).await;
+    let w = b2.hello_resume(&token).await;
+    assert_eq!(w["joined"], json!(["anxiety"]));
+    // Sending into a restored room makes it live for this connection: the
+    // sender receives its own message, and later traffic, like everyone.
+    let (id, seq) = b2.say("anxiety", "still here").await;
+    let own = b2.recv_type("message").await;
+    assert_eq!(own["id"], id.as_str());
+    assert_eq!(own["seq"], seq);
+    a.say("anxiety", "welcome back").await;
+    let next = b2.recv_type("message").await;
+    assert_eq!(next["text"], "welcome back");
+    assert_eq!(next["seq"], seq + 1);
+}

@@ -560,6 +560,21 @@ impl HubHandle {
         }
     }
 
+    /// A resumed member that sends before re-joining wants the room live
+    /// again: from now on it receives the room's messages, its own included.
+    /// (What it missed stays available through `join` with `since`.)
+    fn go_live(&self, conn: &Conn, room: &rooms::Room) {
+        let mut st = room.state.lock();
+        if let Some(m) = st.members.get_mut(&conn.key) {
+            if matches!(m.attach, Attach::Paused { conn: c } if c == conn.id) {
+                m.attach = Attach::Live {
+                    conn: conn.id,
+                    outbox: conn.outbox.clone(),
+                };
+            }
+        }
+    }
+
     /// Handles `send`: checks, limits, verdict, publish.
     pub async fn send(&self, conn: &Conn, room_id: &str, raw: &str) -> Result<Sent, HubError> {
         let started = Instant::now();
@@ -589,6 +604,7 @@ impl HubHandle {
                 })
             }
         }
+        self.go_live(conn, room);
         let draft = Draft {
             id: &id,
             ts: now_ms(),
@@ -606,8 +622,18 @@ impl HubHandle {
     }
 
     /// Handles `typing`: shown to the room's other live members, best effort.
-    pub fn typing(&self, conn: &Conn, room_id: &str) -> Result<(), HubError> {
+    /// `permit` is the caller's rate limit, asked only for a valid request;
+    /// a refusal drops the indicator silently.
+    pub fn typing(
+        &self,
+        conn: &Conn,
+        room_id: &str,
+        permit: impl FnOnce() -> bool,
+    ) -> Result<(), HubError> {
         let room = self.require_member(conn, room_id)?;
+        if !permit() {
+            return Ok(());
+        }
         let frame: Utf8Bytes = ServerFrame::Typing {
             room: room_id,
             from: &conn.member,
@@ -626,7 +652,10 @@ impl HubHandle {
         Ok(())
     }
 
-    /// Handles `report`: kept for staff; the author is never told.
+    /// Handles `report`: kept for staff; the author is never told. Only
+    /// members may report, reports share the identity's message limit (so
+    /// one person cannot flush the queue), and a repeated report of the same
+    /// message by the same person is kept once.
     pub fn report(
         &self,
         conn: &Conn,
@@ -635,13 +664,24 @@ impl HubHandle {
         reason: Option<&str>,
     ) -> Result<(), HubError> {
         let h = &self.inner;
-        if h.rooms.get(room_id).is_none() {
-            return Err(HubError::NoSuchRoom);
-        }
         if message.is_empty() || message.chars().count() > 64 {
             return Err(HubError::BadRequest(
                 "\"message\" must be the id of the message you are reporting.",
             ));
+        }
+        self.require_member(conn, room_id)?;
+        {
+            let q = h.reports.lock();
+            let dup = q
+                .iter()
+                .any(|r| r.reporter == conn.member.id && r.message == message && r.room == room_id);
+            if dup {
+                return Ok(());
+            }
+        }
+        if let Err(l) = h.limiters.identity_message(conn.key) {
+            Metrics::inc(&h.metrics.rate_limited_identity);
+            return Err(limited("identity", l));
         }
         let reason: String = reason
             .map(protocol::normalise_text)

@@ -169,8 +169,9 @@ impl ConnectionLimits {
         self.typing.check().is_ok()
     }
 
-    /// Records one rate-limited frame. Returns `false` when the connection
-    /// has been limited so often that it counts as flooding (close 4008).
+    /// Records one frame sent before an earlier refusal's `retry_after` had
+    /// passed. Returns `false` when that happened so often that the
+    /// connection counts as flooding (close 4008).
     pub fn strike(&self) -> bool {
         self.strikes.check().is_ok()
     }

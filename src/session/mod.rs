@@ -60,6 +60,9 @@ struct Session {
     outbox: Arc<Outbox>,
     limits: ConnectionLimits,
     conn: Option<Conn>,
+    /// When the last rate-limit refusal said the client may send again. A
+    /// frame that arrives earlier ignored that advice and counts as a strike.
+    limited_until: Option<Instant>,
 }
 
 /// Runs one connection until it closes. Errors end here: they are logged
@@ -71,6 +74,7 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken)
         outbox: Arc::new(Outbox::new(cfg.outbound_queue)),
         limits: hub.limiters().for_connection(),
         conn: None,
+        limited_until: None,
         hub,
     };
     let handshake = tokio::time::sleep(Duration::from_secs(cfg.handshake_timeout_secs));
@@ -301,18 +305,27 @@ impl Session {
         );
     }
 
-    /// Records a rate-limit refusal; `Some` when it tips into flooding.
-    fn strike(&self) -> Option<End> {
-        (!self.limits.strike()).then_some(End::Close(
-            close::FLOODING,
-            "kept sending after being rate-limited",
-        ))
+    /// Records a rate-limit refusal that told the client to wait
+    /// `retry_after_ms`. Returns `Some` when the client is flooding: it keeps
+    /// sending before the wait it was given has passed. A client that waits
+    /// as told is never closed.
+    fn refused(&mut self, retry_after_ms: u64) -> Option<End> {
+        let now = Instant::now();
+        let ignored_advice = self.limited_until.is_some_and(|t| now < t);
+        self.limited_until = Some(now + Duration::from_millis(retry_after_ms));
+        if ignored_advice && !self.limits.strike() {
+            return Some(End::Close(
+                close::FLOODING,
+                "kept sending after being rate-limited",
+            ));
+        }
+        None
     }
 
     /// The per-connection limit on any data frame. `Err(None)`: refused,
     /// answered with `rate_limited`; `Err(Some(end))`: refused once too
     /// often, the connection is flooding.
-    fn limit_frame(&self, text: Option<&str>) -> Result<(), Option<End>> {
+    fn limit_frame(&mut self, text: Option<&str>) -> Result<(), Option<End>> {
         let Err(l) = self.limits.frame() else {
             return Ok(());
         };
@@ -323,7 +336,7 @@ impl Session {
             retry_after_ms: l.retry_after_ms(),
         };
         self.hub_error(rf.as_ref(), &e);
-        Err(self.strike())
+        Err(self.refused(l.retry_after_ms()))
     }
 
     async fn on_text(&mut self, text: &str) -> Option<End> {
@@ -370,16 +383,15 @@ impl Session {
                 ),
                 Err(e) => {
                     self.hub_error(rf, &e);
-                    if e.is_rate_limit() {
-                        return self.strike();
+                    if let Some(ms) = e.retry_after_ms() {
+                        return self.refused(ms);
                     }
                 }
             },
             ClientFrame::Typing(t) => {
-                if self.limits.typing() {
-                    if let Err(e) = self.hub.typing(&conn, &t.room) {
-                        self.hub_error(rf, &e);
-                    }
+                let limits = &self.limits;
+                if let Err(e) = self.hub.typing(&conn, &t.room, || limits.typing()) {
+                    self.hub_error(rf, &e);
                 }
             }
             ClientFrame::Report(r) => {
@@ -388,7 +400,12 @@ impl Session {
                     .report(&conn, &r.room, &r.message, r.reason.as_deref())
                 {
                     Ok(()) => self.ok(rf),
-                    Err(e) => self.hub_error(rf, &e),
+                    Err(e) => {
+                        self.hub_error(rf, &e);
+                        if let Some(ms) = e.retry_after_ms() {
+                            return self.refused(ms);
+                        }
+                    }
                 }
             }
             ClientFrame::Staff(ty) => {
