@@ -267,7 +267,7 @@ async fn resume_after_grace_rejoins_with_presence() {
 async fn a_resumed_peer_that_sends_before_rejoining_gets_its_own_message() {
     let hub = TestHub::start().await;
     let mut a = TestClient::joined_peer(&hub, "anxiety").await;
-    let mut b = TestClient::joined_peer(&hub, "anxiety").await;
+    let b = TestClient::joined_peer(&hub, "anxiety").await;
     a.recv_type("presence").await;
     let token = b.session.clone();
     drop(b);
