@@ -131,7 +131,10 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken)
                                 None => continue,
                             }
                         }
-                        if let Some(end) = s.on_text(text.as_str()).await {
+                        // Boxed: the frame handlers' state is large and only
+                        // lives while a frame is handled; inline, every idle
+                        // connection would carry it.
+                        if let Some(end) = Box::pin(s.on_text(text.as_str())).await {
                             break end;
                         }
                     }
@@ -166,7 +169,7 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken)
                 Metrics::inc(&s.hub.metrics().flood_disconnects);
             }
             tracing::debug!(code, reason, "closing connection");
-            close_gracefully(&mut ws, &s.outbox, &mut buf, code, reason).await;
+            Box::pin(close_gracefully(&mut ws, &s.outbox, &mut buf, code, reason)).await;
         }
         End::PeerClosed => {
             // Sends the close reply tungstenite queued when the frame arrived.
