@@ -410,6 +410,13 @@ impl ServerFrame<'_> {
 /// characters other than `\n` stripped.
 pub fn normalise_text(text: &str) -> String {
     use unicode_normalization::UnicodeNormalization;
+    // Most messages are plain printable ASCII, which is already NFC.
+    if text
+        .bytes()
+        .all(|b| b == b'\n' || (0x20..0x7f).contains(&b))
+    {
+        return text.to_owned();
+    }
     text.nfc()
         .filter(|c| *c == '\n' || !c.is_control())
         .collect()
@@ -468,6 +475,16 @@ mod tests {
             decode(r#"{"type":"mute","room":"a"}"#).1,
             Ok(ClientFrame::Staff("mute"))
         ));
+    }
+
+    #[test]
+    fn ascii_fast_path_still_strips_controls() {
+        assert_eq!(
+            normalise_text("plain text\nline two"),
+            "plain text\nline two"
+        );
+        assert_eq!(normalise_text("tab\there\r\n"), "tabhere\n");
+        assert_eq!(normalise_text("del\u{7f}"), "del");
     }
 
     #[test]

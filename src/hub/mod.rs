@@ -552,26 +552,33 @@ impl HubHandle {
     }
 
     fn require_member(&self, conn: &Conn, room_id: &str) -> Result<&rooms::Room, HubError> {
-        let room = self.inner.rooms.get(room_id).ok_or(HubError::NoSuchRoom)?;
-        let st = room.state.lock();
-        match st.members.get(&conn.key) {
-            Some(m) if m.attach.conn() == conn.id => Ok(room),
-            _ => Err(HubError::NotJoined),
-        }
+        self.member_room(conn, room_id, false)
     }
 
-    /// A resumed member that sends before re-joining wants the room live
-    /// again: from now on it receives the room's messages, its own included.
-    /// (What it missed stays available through `join` with `since`.)
-    fn go_live(&self, conn: &Conn, room: &rooms::Room) {
+    /// The room, if this connection's identity is a member of it. With
+    /// `go_live`, a resumed member that has not re-joined yet starts
+    /// receiving the room's messages from now on (its own included): a send
+    /// shows it wants the room live again, and what it missed before stays
+    /// available through `join` with `since`.
+    fn member_room(
+        &self,
+        conn: &Conn,
+        room_id: &str,
+        go_live: bool,
+    ) -> Result<&rooms::Room, HubError> {
+        let room = self.inner.rooms.get(room_id).ok_or(HubError::NoSuchRoom)?;
         let mut st = room.state.lock();
-        if let Some(m) = st.members.get_mut(&conn.key) {
-            if matches!(m.attach, Attach::Paused { conn: c } if c == conn.id) {
-                m.attach = Attach::Live {
-                    conn: conn.id,
-                    outbox: conn.outbox.clone(),
-                };
+        match st.members.get_mut(&conn.key) {
+            Some(m) if m.attach.conn() == conn.id => {
+                if go_live && matches!(m.attach, Attach::Paused { .. }) {
+                    m.attach = Attach::Live {
+                        conn: conn.id,
+                        outbox: conn.outbox.clone(),
+                    };
+                }
+                Ok(room)
             }
+            _ => Err(HubError::NotJoined),
         }
     }
 
@@ -579,7 +586,7 @@ impl HubHandle {
     pub async fn send(&self, conn: &Conn, room_id: &str, raw: &str) -> Result<Sent, HubError> {
         let started = Instant::now();
         let h = &self.inner;
-        let room = self.require_member(conn, room_id)?;
+        let room = self.member_room(conn, room_id, true)?;
         let text = safety::prepare_text(raw, h.cfg.limits.max_text_chars).map_err(|e| match e {
             TextError::Empty => HubError::Empty,
             TextError::TooLarge { chars, max } => HubError::TooLarge { chars, max },
@@ -604,7 +611,6 @@ impl HubHandle {
                 })
             }
         }
-        self.go_live(conn, room);
         let draft = Draft {
             id: &id,
             ts: now_ms(),

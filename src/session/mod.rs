@@ -343,13 +343,12 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) -> Option<End> {
-        let metrics = self.hub.metrics().clone();
         let (rf, frame) = protocol::decode(text);
         let rf = rf.as_ref();
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
-                Metrics::inc(&metrics.bad_frames);
+                Metrics::inc(&self.hub.metrics().bad_frames);
                 self.error(rf, e.code(), &e.to_string());
                 return None;
             }
