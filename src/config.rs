@@ -7,7 +7,6 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -363,10 +362,6 @@ impl Config {
             .listen
             .parse()
             .map_err(|_| invalid("server.listen", "not a socket address"))
-    }
-
-    pub fn secs(v: u64) -> Duration {
-        Duration::from_secs(v)
     }
 }
 

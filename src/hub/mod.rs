@@ -96,11 +96,6 @@ impl HubError {
             _ => None,
         }
     }
-
-    /// Whether this refusal counts towards flooding (close 4008).
-    pub fn is_rate_limit(&self) -> bool {
-        matches!(self, HubError::RateLimited { .. })
-    }
 }
 
 impl From<FanoutError> for HubError {
@@ -888,7 +883,45 @@ mod tests {
             hub.send(&a, "anxiety", "hi").await.expect("within limit");
         }
         let e = hub.send(&a, "anxiety", "hi").await.expect_err("limited");
-        assert!(e.is_rate_limit() && e.retry_after_ms().is_some_and(|ms| ms > 0));
+        assert!(matches!(e, HubError::RateLimited { .. }));
+        assert!(e.retry_after_ms().is_some_and(|ms| ms > 0));
+    }
+
+    #[tokio::test]
+    async fn reports_are_kept_for_staff_without_message_text() {
+        let hub = hub();
+        let a = hub
+            .hello(Arc::new(Outbox::new(64)), None)
+            .expect("hello")
+            .conn;
+        let b = hub
+            .hello(Arc::new(Outbox::new(64)), None)
+            .expect("hello")
+            .conn;
+        assert_eq!(
+            hub.report(&b, "anxiety", "m_x", Some("unkind")),
+            Err(HubError::NotJoined)
+        );
+        hub.join(&a, None, "anxiety", None).await.expect("join");
+        hub.join(&b, None, "anxiety", None).await.expect("join");
+        let sent = hub.send(&a, "anxiety", "secret words").await.expect("send");
+        hub.report(&b, "anxiety", &sent.id, Some("unkind"))
+            .expect("report");
+        hub.report(&b, "anxiety", &sent.id, None)
+            .expect("repeat is ok");
+        let reports = hub.reports();
+        assert_eq!(reports.len(), 1, "a repeated report is kept once");
+        let r = &reports[0];
+        assert_eq!(
+            (r.room.as_str(), r.message.as_str()),
+            ("anxiety", sent.id.as_str())
+        );
+        assert_eq!(
+            (r.reason.as_str(), r.reporter.as_str()),
+            ("unkind", b.member.id.as_str())
+        );
+        let stored = serde_json::to_string(r).expect("json");
+        assert!(!stored.contains("secret"), "{stored}");
     }
 
     #[tokio::test]

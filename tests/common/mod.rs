@@ -493,13 +493,7 @@ impl TestClient {
     /// `recv_buffer` bytes, so that a client that stops reading backs up
     /// into the server quickly.
     pub async fn connect_small_buffer(hub: &TestHub, recv_buffer: u32) -> TestClient {
-        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-        sock.set_recv_buffer_size(recv_buffer)
-            .expect("set_recv_buffer_size");
-        let tcp = tokio::time::timeout(Duration::from_secs(5), sock.connect(hub.addr()))
-            .await
-            .expect("tcp connect timed out")
-            .expect("tcp connect");
+        let tcp = small_buffer_tcp(hub, recv_buffer).await;
         let fut = tokio_tungstenite::client_async(hub.ws_url(), MaybeTlsStream::Plain(tcp));
         let (ws, _) = tokio::time::timeout(Duration::from_secs(10), fut)
             .await
@@ -523,13 +517,7 @@ impl TestClient {
         hub: &TestHub,
         recv_buffer: u32,
     ) -> (TestClient<MuteStream>, Mute) {
-        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-        sock.set_recv_buffer_size(recv_buffer)
-            .expect("set_recv_buffer_size");
-        let tcp = tokio::time::timeout(Duration::from_secs(5), sock.connect(hub.addr()))
-            .await
-            .expect("tcp connect timed out")
-            .expect("tcp connect");
+        let tcp = small_buffer_tcp(hub, recv_buffer).await;
         let mute = Mute(Arc::new(AtomicBool::new(false)));
         let stream = MuteStream {
             inner: tcp,
@@ -879,4 +867,16 @@ impl Rng {
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
+}
+
+/// A TCP connection to the hub whose kernel receive buffer is `recv_buffer`
+/// bytes, so a client that stops reading backs up into the server quickly.
+async fn small_buffer_tcp(hub: &TestHub, recv_buffer: u32) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(recv_buffer)
+        .expect("set_recv_buffer_size");
+    tokio::time::timeout(Duration::from_secs(5), sock.connect(hub.addr()))
+        .await
+        .expect("tcp connect timed out")
+        .expect("tcp connect")
 }
