@@ -47,7 +47,13 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub rate_limits: RateLimitsConfig,
     pub history: HistoryConfig,
+    pub cluster: ClusterConfig,
+    pub safety: SafetyConfig,
     pub rooms: Vec<RoomConfig>,
+    /// `HEARTH_STAFF_SECRET`: only ever from the environment, never from a
+    /// file in the repository.
+    #[serde(skip)]
+    pub staff_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +122,7 @@ pub struct RateLimitsConfig {
     pub address_connects_burst: u32,
     pub typing_per_10s: u32,
     pub flood_strikes: u32,
+    pub probation_connects_per_hour: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +131,63 @@ pub struct HistoryConfig {
     pub on_join: usize,
     pub max: usize,
     pub ttl_secs: u64,
+}
+
+/// What happens to messages at each crisis level, and the support shown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyConfig {
+    pub concern: LevelAction,
+    pub high: LevelAction,
+    pub imminent: LevelAction,
+    pub support: Vec<SupportText>,
+    pub resources: Vec<ResourceConfig>,
+}
+
+/// Deliver a message at that level (staff are still told) or hold it for
+/// staff review first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LevelAction {
+    Deliver,
+    Hold,
+}
+
+/// The words of the private `support` event, in one language.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportText {
+    pub language: String,
+    /// For help-seeking with no crisis signal.
+    pub help: String,
+    pub concern: String,
+    /// For `high` and `imminent`.
+    pub crisis: String,
+}
+
+/// A crisis resource, for people whose locale names one of `countries`
+/// (ISO 3166 alpha-2), else one of `languages`; both empty = everyone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    pub countries: Vec<String>,
+    pub languages: Vec<String>,
+    pub name: String,
+    pub contact: String,
+}
+
+/// Cluster mode (only read when `server.redis_url` is set).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub key_prefix: String,
+    pub command_timeout_ms: u64,
+    pub health_interval_ms: u64,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub fanout_queue: usize,
+    pub node_timeout_ms: u64,
+    pub sweep_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,6 +242,10 @@ impl Config {
         if let Some(v) = get("HEARTH_LOG") {
             self.log.filter = v;
         }
+        if let Some(v) = get("HEARTH_STAFF_SECRET") {
+            let v = v.trim().to_string();
+            self.staff_secret = (!v.is_empty()).then_some(v);
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -201,11 +269,102 @@ impl Config {
             ));
         }
         if !s.redis_url.is_empty() {
+            let ok = match s.redis_url.strip_prefix("redis+cluster://") {
+                // A Redis Cluster: seed nodes, comma-separated.
+                Some(rest) => {
+                    let hosts = rest.split('/').next().unwrap_or("");
+                    !hosts.is_empty()
+                        && hosts.split(',').all(|h| {
+                            !h.is_empty() && redis::Client::open(format!("redis://{h}/")).is_ok()
+                        })
+                }
+                None => {
+                    ["redis://", "rediss://", "redis+unix://", "unix://"]
+                        .iter()
+                        .any(|p| s.redis_url.starts_with(p))
+                        && redis::Client::open(s.redis_url.as_str()).is_ok()
+                }
+            };
+            if !ok {
+                return Err(invalid(
+                    "server.redis_url",
+                    "use a URL like redis://host:6379/0 (one server) or redis+cluster://host:7000,host:7001 (a Redis Cluster), or leave it empty for embedded mode",
+                ));
+            }
+        }
+        let c = &self.cluster;
+        if c.key_prefix.is_empty()
+            || c.key_prefix.len() > 32
+            || !c
+                .key_prefix
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
             return Err(invalid(
-                "server.redis_url",
-                "cluster mode (Redis) is not available in this build yet; leave it empty for embedded mode",
+                "cluster.key_prefix",
+                "use 1 to 32 letters, digits, '-' or '_'",
             ));
         }
+        positive("cluster.command_timeout_ms", c.command_timeout_ms)?;
+        positive("cluster.health_interval_ms", c.health_interval_ms)?;
+        positive("cluster.reconnect_min_ms", c.reconnect_min_ms)?;
+        if c.reconnect_max_ms < c.reconnect_min_ms {
+            return Err(invalid(
+                "cluster.reconnect_max_ms",
+                "must not be smaller than cluster.reconnect_min_ms",
+            ));
+        }
+        positive("cluster.fanout_queue", c.fanout_queue as u64)?;
+        let sf = &self.safety;
+        if !sf.support.iter().any(|t| t.language == "en") {
+            return Err(invalid(
+                "safety.support",
+                "needs an entry with language = \"en\" (the fallback)",
+            ));
+        }
+        for (i, t) in sf.support.iter().enumerate() {
+            if t.help.trim().is_empty() || t.concern.trim().is_empty() || t.crisis.trim().is_empty()
+            {
+                return Err(invalid(
+                    format!("safety.support[{i}]"),
+                    "help, concern and crisis must not be empty",
+                ));
+            }
+        }
+        if !sf
+            .resources
+            .iter()
+            .any(|r| r.countries.is_empty() && r.languages.is_empty())
+        {
+            return Err(invalid(
+                "safety.resources",
+                "needs at least one resource for everyone (empty countries and languages), so nobody is left without one",
+            ));
+        }
+        for (i, r) in sf.resources.iter().enumerate() {
+            if r.name.trim().is_empty() || r.contact.trim().is_empty() {
+                return Err(invalid(
+                    format!("safety.resources[{i}]"),
+                    "name and contact must not be empty",
+                ));
+            }
+            if r.countries
+                .iter()
+                .any(|c| c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_uppercase()))
+            {
+                return Err(invalid(
+                    format!("safety.resources[{i}].countries"),
+                    "use two-letter upper-case country codes such as \"GB\"",
+                ));
+            }
+        }
+        if c.node_timeout_ms < 3 * c.health_interval_ms.min(1000) {
+            return Err(invalid(
+                "cluster.node_timeout_ms",
+                "must be at least 3 health intervals (and at least 300 ms)",
+            ));
+        }
+        positive("cluster.sweep_interval_ms", c.sweep_interval_ms)?;
         for (i, o) in s.allowed_origins.iter().enumerate() {
             if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
                 return Err(invalid(
@@ -312,6 +471,10 @@ impl Config {
             ),
             ("rate_limits.typing_per_10s", r.typing_per_10s),
             ("rate_limits.flood_strikes", r.flood_strikes),
+            (
+                "rate_limits.probation_connects_per_hour",
+                r.probation_connects_per_hour,
+            ),
         ] {
             positive(k, v as u64)?;
         }
@@ -438,5 +601,40 @@ mod tests {
         assert_eq!(cfg.server.listen, "127.0.0.1:0");
         assert_eq!(cfg.server.node_id, "hub-z");
         cfg.validate().expect("valid");
+    }
+
+    #[test]
+    fn redis_urls_are_checked() {
+        let with = |url: &str| {
+            let mut cfg = Config::parse(DEFAULT_TOML).expect("parses");
+            cfg.apply_env(|k| (k == "HEARTH_REDIS_URL").then(|| url.to_string()));
+            cfg.validate().map_err(|e| e.to_string())
+        };
+        for good in [
+            "",
+            "redis://127.0.0.1:6390/",
+            "redis://h:1/2",
+            "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/",
+            "redis+cluster://h:7000",
+        ] {
+            assert!(with(good).is_ok(), "{good}: {:?}", with(good));
+        }
+        for bad in [
+            "localhost:6379",
+            "http://h:1/",
+            "redis+cluster://",
+            "redis+cluster://a:1,,b:2/",
+        ] {
+            let err = with(bad).expect_err(bad);
+            assert!(err.contains("server.redis_url"), "{bad}: {err}");
+        }
+        let mut cfg = Config::parse(DEFAULT_TOML).expect("parses");
+        cfg.cluster.key_prefix = "has space".into();
+        let err = cfg.validate().expect_err("must fail").to_string();
+        assert!(err.contains("cluster.key_prefix"), "{err}");
+        let mut cfg = Config::parse(DEFAULT_TOML).expect("parses");
+        cfg.cluster.reconnect_max_ms = 1;
+        let err = cfg.validate().expect_err("must fail").to_string();
+        assert!(err.contains("cluster.reconnect_max_ms"), "{err}");
     }
 }

@@ -31,6 +31,23 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print a staff token signed with HEARTH_STAFF_SECRET (read from the
+    /// environment only, so it never lands in shell history or `ps`).
+    Token {
+        /// moderator or clinician.
+        #[arg(long)]
+        role: String,
+        /// Display name shown in presence (1-40 characters).
+        #[arg(long)]
+        name: String,
+        /// Lifetime: 90s, 30m, 8h, 2d or plain seconds; 1 minute to 30 days.
+        #[arg(long, default_value = "8h")]
+        ttl: String,
+        /// Staff id (`sub`); reuse it to keep one identity across tokens.
+        /// Default: a fresh random `s_` id.
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +69,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Token {
+            role,
+            name,
+            ttl,
+            id,
+        } => token(&role, &name, &ttl, id.as_deref()),
         Command::Serve { config } => match serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -59,6 +82,54 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Prints only the token on stdout, so `TOKEN=$(hearth token ...)` works;
+/// everything meant for the person goes to stderr. Exit 2 on any bad input.
+fn token(role: &str, name: &str, ttl: &str, id: Option<&str>) -> ExitCode {
+    use hearth::staff::token::{self as staff_token, StaffRole, StaffSecret, SECRET_ENV};
+
+    let fail = |msg: &dyn std::fmt::Display| {
+        eprintln!("hearth token: {msg}");
+        ExitCode::from(2)
+    };
+    let secret = match StaffSecret::from_env() {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return fail(&format_args!(
+                "{SECRET_ENV} is not set; staff tokens are signed with it. \
+                 Set it to a long random value (the same on every node)."
+            ))
+        }
+        Err(e) => {
+            return fail(&format_args!(
+                "{e}. Set it to a long random value (the same on every node)."
+            ))
+        }
+    };
+    let role: StaffRole = match role.parse() {
+        Ok(role) => role,
+        Err(e) => return fail(&format_args!("{e}, not {role:?}.")),
+    };
+    let ttl = match staff_token::parse_ttl(ttl) {
+        Ok(ttl) => ttl,
+        Err(e) => return fail(&format_args!("{e}, not {ttl:?}.")),
+    };
+    let now = staff_token::now_secs();
+    match staff_token::mint(&secret, role, name, ttl, now, id) {
+        Ok((token, claims)) => {
+            println!("{token}");
+            eprintln!(
+                "token for {} ({}, id {}), expires {}",
+                claims.name,
+                claims.role,
+                claims.sub,
+                staff_token::rfc3339_utc(claims.exp)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format_args!("{e}.")),
     }
 }
 

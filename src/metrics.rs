@@ -5,7 +5,7 @@
 //! path pays one relaxed atomic add per event. It must not decide anything.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds of the fan-out latency buckets, in seconds.
@@ -30,6 +30,14 @@ pub struct Metrics {
     pub origin_refused: AtomicU64,
     pub bad_frames: AtomicU64,
     pub reports: AtomicU64,
+    pub support_sent: AtomicU64,
+    pub flags: AtomicU64,
+    /// Cluster mode: the Redis series below are rendered.
+    pub cluster: AtomicBool,
+    pub redis_up: AtomicBool,
+    pub redis_reconnects: AtomicU64,
+    pub fanout_catchups: AtomicU64,
+    pub history_resets: AtomicU64,
     fanout: Histogram,
 }
 
@@ -51,6 +59,10 @@ impl Metrics {
 
     pub fn gauge(g: &AtomicI64, delta: i64) {
         g.fetch_add(delta, Relaxed);
+    }
+
+    pub fn set_flag(f: &AtomicBool, on: bool) {
+        f.store(on, Relaxed);
     }
 
     /// Records how long one message took from decode to the last recipient's queue.
@@ -155,6 +167,44 @@ impl Metrics {
             "Reports received from peers.",
             self.reports.load(Relaxed),
         );
+        c(
+            &mut o,
+            "hearth_support_sent_total",
+            "Private support events sent to people whose message showed distress or asked for help.",
+            self.support_sent.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "hearth_flags_total",
+            "Messages flagged to watching staff (crisis signals, method details, urging).",
+            self.flags.load(Relaxed),
+        );
+        if self.cluster.load(Relaxed) {
+            g(
+                &mut o,
+                "hearth_redis_up",
+                "1 when Redis answers and this node's room subscriptions are live.",
+                i64::from(self.redis_up.load(Relaxed)),
+            );
+            c(
+                &mut o,
+                "hearth_redis_reconnects_total",
+                "Times the Redis subscriber connection was lost and re-established.",
+                self.redis_reconnects.load(Relaxed),
+            );
+            c(
+                &mut o,
+                "hearth_fanout_catchups_total",
+                "Times a room was checked against its Redis history to repair missed messages.",
+                self.fanout_catchups.load(Relaxed),
+            );
+            c(
+                &mut o,
+                "hearth_history_resets_total",
+                "Times a room's history was lost and its members were asked to re-join (close 4009).",
+                self.history_resets.load(Relaxed),
+            );
+        }
 
         let name = "hearth_fanout_seconds";
         let _ = writeln!(o, "# HELP {name} Time from a message's decode to its last recipient's queue.\n# TYPE {name} histogram");

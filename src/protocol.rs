@@ -102,8 +102,74 @@ pub enum ClientFrame {
     Send(Send),
     Typing(RoomOnly),
     Report(Report),
-    /// A staff-only frame (`watch`, `mute`, …): its name, for the error sentence.
-    Staff(&'static str),
+    /// A staff-only frame (`watch`, `mute`, …): its name (peers get
+    /// `forbidden` whatever its fields) and the frame if it decoded.
+    Staff(&'static str, Result<StaffFrame, DecodeError>),
+}
+
+/// Frames only staff may send.
+#[derive(Debug)]
+pub enum StaffFrame {
+    Watch(RoomOnly),
+    Unwatch(RoomOnly),
+    Mute(Mute),
+    Kick(Kick),
+    Ban(Ban),
+    Delete(MessageRef),
+    SlowMode(SlowMode),
+    Lock(Lock),
+    Release(MessageRef),
+    Announce(Send),
+    DismissReport(DismissReport),
+    /// Escalation frames (`ack`, `resolve`, `care`): arrive with safety.
+    Escalation(&'static str),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Mute {
+    pub room: String,
+    pub peer: String,
+    /// 0 lifts the mute.
+    pub seconds: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Kick {
+    pub room: String,
+    pub peer: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Ban {
+    pub peer: String,
+    /// 0 lifts the ban.
+    pub seconds: u64,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessageRef {
+    pub room: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SlowMode {
+    pub room: String,
+    /// 0 turns slow mode off.
+    pub seconds: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Lock {
+    pub room: String,
+    pub locked: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DismissReport {
+    pub report: String,
 }
 
 /// Frame types only staff may send; peers get `forbidden`.
@@ -121,6 +187,7 @@ pub const STAFF_TYPES: &[&str] = &[
     "ack",
     "resolve",
     "care",
+    "dismiss_report",
 ];
 
 /// Why a client frame could not be decoded; always answered with an error
@@ -183,11 +250,28 @@ pub fn decode(text: &str) -> (Option<Ref>, Result<ClientFrame, DecodeError>) {
         "typing" => typed(map, "typing").map(ClientFrame::Typing),
         "report" => typed(map, "report").map(ClientFrame::Report),
         other => match STAFF_TYPES.iter().find(|t| **t == other) {
-            Some(t) => Ok(ClientFrame::Staff(t)),
+            Some(t) => Ok(ClientFrame::Staff(t, staff_frame(t, map))),
             None => Err(DecodeError::UnknownType(truncate(other, 40))),
         },
     };
     (rf, frame)
+}
+
+fn staff_frame(ty: &'static str, map: Map<String, Value>) -> Result<StaffFrame, DecodeError> {
+    Ok(match ty {
+        "watch" => StaffFrame::Watch(typed(map, ty)?),
+        "unwatch" => StaffFrame::Unwatch(typed(map, ty)?),
+        "mute" => StaffFrame::Mute(typed(map, ty)?),
+        "kick" => StaffFrame::Kick(typed(map, ty)?),
+        "ban" => StaffFrame::Ban(typed(map, ty)?),
+        "delete" => StaffFrame::Delete(typed(map, ty)?),
+        "slow_mode" => StaffFrame::SlowMode(typed(map, ty)?),
+        "lock" => StaffFrame::Lock(typed(map, ty)?),
+        "release" => StaffFrame::Release(typed(map, ty)?),
+        "announce" => StaffFrame::Announce(typed(map, ty)?),
+        "dismiss_report" => StaffFrame::DismissReport(typed(map, ty)?),
+        other => StaffFrame::Escalation(other),
+    })
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -382,6 +466,32 @@ pub enum ServerFrame<'a> {
         room: &'a str,
         from: &'a Member,
     },
+    /// To a member removed from a room by staff.
+    Kicked {
+        room: &'a str,
+    },
+    /// To everyone in the room (and its watchers): a message was removed.
+    Deleted {
+        room: &'a str,
+        message: &'a str,
+    },
+    /// Reply to `watch`: an `ok` carrying the room as staff see it, with
+    /// its history, so the watcher's stream continues from `seq` without a
+    /// gap.
+    #[serde(rename = "ok")]
+    Watching {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        rf: Option<&'a Ref>,
+        room: &'a str,
+        epoch: &'a str,
+        seq: u64,
+        members: Vec<Member>,
+        staff_watching: usize,
+        locked: bool,
+        slow_mode: u64,
+        history: Vec<&'a RawValue>,
+        gap: bool,
+    },
     Error {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         rf: Option<&'a Ref>,
@@ -473,7 +583,7 @@ mod tests {
     fn staff_frames_are_recognised() {
         assert!(matches!(
             decode(r#"{"type":"mute","room":"a"}"#).1,
-            Ok(ClientFrame::Staff("mute"))
+            Ok(ClientFrame::Staff("mute", _))
         ));
     }
 

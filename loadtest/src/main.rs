@@ -6,7 +6,9 @@
 //!   hub's resident memory per connection.
 //! - `loadtest smoke` puts R*M clients into R rooms, has one sender per room
 //!   send K messages and checks every member received every message exactly
-//!   once, in `seq` order, without gaps.
+//!   once, in `seq` order, without gaps. It also measures delivered
+//!   messages/s and end-to-end latency (send → each member's receipt). With
+//!   several `--url`s the members are spread over the nodes of a cluster.
 //!
 //! Only loopback targets are accepted (127.x.x.x, localhost, [::1]): this
 //! tool must never be pointed at a machine other than the one it runs on.
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Barrier, Semaphore};
@@ -31,6 +34,9 @@ type Ws = WebSocketStream<TcpStream>;
 
 /// How long one connection may take to connect, upgrade and be welcomed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a smoke member waits for `left` before closing anyway.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(
@@ -52,9 +58,13 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct Target {
-    /// WebSocket URL of the hub; the host must be a loopback address.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    url: String,
+    /// WebSocket URL(s) of the hub, comma-separated for several nodes of a
+    /// cluster; every host must be a loopback address. `idle` uses them
+    /// round-robin by connection; `smoke` puts member j of room r on URL
+    /// (r + j) mod N, so each room's members are spread over the nodes and
+    /// the room's sender (member 0) is on URL r mod N.
+    #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:8080/ws")]
+    url: Vec<String>,
     /// Local addresses to bind client sockets to, used round-robin
     /// (e.g. 127.0.0.1,127.0.0.2). Default: let the kernel choose.
     #[arg(long, value_delimiter = ',')]
@@ -92,6 +102,16 @@ struct SmokeArgs {
     /// Messages each room's sender sends.
     #[arg(long, default_value_t = 20)]
     messages: usize,
+    /// Sends each sender keeps in flight (awaiting `ok`). 1 waits for each
+    /// reply. With more than 1, a `rate_limited` reply fails the run: set
+    /// the hub's [rate_limits] high enough for the load.
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Messages per second per sender (paced; a sender that falls more than
+    /// one interval behind does not burst to catch up). 0 = as fast as the
+    /// window allows.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// Give up (and fail) after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -177,26 +197,52 @@ fn ws_config() -> WebSocketConfig {
         .max_write_buffer_size(65536)
 }
 
-struct Dialer {
+/// One hub URL and the loopback address behind it.
+struct Endpoint {
     url: Arc<str>,
-    target: SocketAddr,
+    addr: SocketAddr,
+}
+
+struct Dialer {
+    targets: Vec<Endpoint>,
     sources: Vec<IpAddr>,
 }
 
 impl Dialer {
     fn new(t: &Target) -> anyhow::Result<Dialer> {
-        let target = loopback_target(&t.url)?;
-        check_sources(target, &t.sources)?;
+        if t.url.is_empty() {
+            bail!("--url needs at least one URL");
+        }
+        let mut targets = Vec::with_capacity(t.url.len());
+        for url in &t.url {
+            let url = url.trim();
+            let addr = loopback_target(url)?;
+            check_sources(addr, &t.sources)?;
+            targets.push(Endpoint {
+                url: url.into(),
+                addr,
+            });
+        }
         Ok(Dialer {
-            url: t.url.as_str().into(),
-            target,
+            targets,
             sources: t.sources.clone(),
         })
     }
 
-    /// Connects the `n`th client (its source address is chosen round-robin).
-    async fn connect(&self, n: usize) -> anyhow::Result<Ws> {
-        let sock = if self.target.is_ipv4() {
+    /// The URLs, comma-separated, for reports.
+    fn urls(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| &*t.url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Connects the `n`th client (its source address is chosen round-robin)
+    /// to the `target`th URL.
+    async fn connect(&self, n: usize, target: usize) -> anyhow::Result<Ws> {
+        let t = &self.targets[target % self.targets.len()];
+        let sock = if t.addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
             TcpSocket::new_v6()
@@ -207,19 +253,19 @@ impl Dialer {
             sock.bind(SocketAddr::new(src, 0))
                 .with_context(|| format!("bind {src}"))?;
         }
-        let stream = sock.connect(self.target).await.context("connect")?;
+        let stream = sock.connect(t.addr).await.context("connect")?;
         stream.set_nodelay(true).context("nodelay")?;
         let (ws, _) =
-            tokio_tungstenite::client_async_with_config(&*self.url, stream, Some(ws_config()))
+            tokio_tungstenite::client_async_with_config(&*t.url, stream, Some(ws_config()))
                 .await
                 .context("websocket upgrade")?;
         Ok(ws)
     }
 
     /// Connects and says `hello`; returns the socket and the `welcome` frame.
-    async fn connect_hello(&self, n: usize) -> anyhow::Result<(Ws, Value)> {
+    async fn connect_hello(&self, n: usize, target: usize) -> anyhow::Result<(Ws, Value)> {
         let fut = async {
-            let mut ws = self.connect(n).await?;
+            let mut ws = self.connect(n, target).await?;
             send_json(&mut ws, &json!({"type": "hello", "ref": "hello"})).await?;
             loop {
                 let v = next_json(&mut ws).await?;
@@ -323,8 +369,9 @@ async fn idle(a: IdleArgs) -> anyhow::Result<bool> {
     let n = a.connections;
     warn_if_too_few_files(n);
     println!(
-        "idle: {n} connections to {} (sources: {}), hold {} s",
-        dialer.target,
+        "idle: {n} connections to {} URL(s) {} (sources: {}), hold {} s",
+        dialer.targets.len(),
+        dialer.urls(),
         if a.target.sources.is_empty() {
             "kernel's choice".to_string()
         } else {
@@ -358,7 +405,7 @@ async fn idle(a: IdleArgs) -> anyhow::Result<bool> {
                     return;
                 };
                 let t0 = Instant::now();
-                (dialer.connect_hello(i).await, t0.elapsed())
+                (dialer.connect_hello(i, i).await, t0.elapsed())
             };
             let mut ws = match conn {
                 Ok((ws, _welcome)) => {
@@ -480,36 +527,204 @@ async fn idle(a: IdleArgs) -> anyhow::Result<bool> {
 // ---------------------------------------------------------------------------
 // smoke
 
+/// The process-wide time base of send stamps. Every client lives in this
+/// process, so senders and receivers read the same monotonic clock and no
+/// clock synchronisation is needed.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    /// Microseconds since the clock started.
+    fn micros_at(self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.0).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn micros(self) -> u64 {
+        self.micros_at(Instant::now())
+    }
+}
+
+/// What a smoke message's text says: which run, room and message it is and
+/// when it was sent (microseconds on the run's [`Clock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Marker {
+    run: u64,
+    room: usize,
+    k: usize,
+    micros: u64,
+}
+
+impl Marker {
+    fn text(&self) -> String {
+        format!(
+            "smoke {} room {} message {} t {}",
+            self.run, self.room, self.k, self.micros
+        )
+    }
+
+    /// Parses a text written by [`Marker::text`]; anything else (other words,
+    /// signs, leading zeros, extra spaces) is `None`.
+    fn parse(text: &str) -> Option<Marker> {
+        let words: Vec<&str> = text.split(' ').collect();
+        let ["smoke", run, "room", room, "message", k, "t", micros] = words[..] else {
+            return None;
+        };
+        let m = Marker {
+            run: run.parse().ok()?,
+            room: room.parse().ok()?,
+            k: k.parse().ok()?,
+            micros: micros.parse().ok()?,
+        };
+        (m.text() == text).then_some(m)
+    }
+}
+
+/// An empty latency histogram: microseconds, 3 significant figures, growing
+/// to whatever range is recorded.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant figures is a valid histogram precision")
+}
+
+/// Records one latency. `record` grows the histogram as needed;
+/// `saturating_record` would clamp to the current range instead.
+fn record_latency(h: &mut Histogram<u64>, us: u64) {
+    if h.record(us).is_err() {
+        h.saturating_record(us);
+    }
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LatencySummary {
+    count: u64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+fn summarize(h: &Histogram<u64>) -> LatencySummary {
+    let ms = |us: u64| us as f64 / 1e3;
+    if h.is_empty() {
+        return LatencySummary {
+            count: 0,
+            p50: 0.0,
+            p90: 0.0,
+            p99: 0.0,
+            p999: 0.0,
+            max: 0.0,
+        };
+    }
+    LatencySummary {
+        count: h.len(),
+        p50: ms(h.value_at_quantile(0.50)),
+        p90: ms(h.value_at_quantile(0.90)),
+        p99: ms(h.value_at_quantile(0.99)),
+        p999: ms(h.value_at_quantile(0.999)),
+        max: ms(h.max()),
+    }
+}
+
+/// Linux reports process times in USER_HZ, which is 100 on every
+/// architecture it currently supports (x86, arm, arm64, riscv, …).
+const USER_HZ: f64 = 100.0;
+
+/// `(user, sys)` clock ticks from the text of `/proc/<pid>/stat`. The
+/// command name (field 2) may hold spaces and parentheses, so fields are
+/// counted after its closing parenthesis: utime and stime are fields 14 and 15.
+fn parse_proc_stat_cpu(stat: &str) -> Option<(u64, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user = fields.next()?.parse().ok()?;
+    let sys = fields.next()?.parse().ok()?;
+    Some((user, sys))
+}
+
+/// This process's CPU time so far, `(user, sys)` in seconds, all threads.
+fn cpu_secs() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (user, sys) = parse_proc_stat_cpu(&stat)?;
+    Some((user as f64 / USER_HZ, sys as f64 / USER_HZ))
+}
+
+/// Which URL member `j` of room `room` uses: each room's rotation starts one
+/// URL further on, so members of a room are spread over all nodes and the
+/// rooms' senders (member 0) are spread evenly too.
+fn url_index(room: usize, j: usize, urls: usize) -> usize {
+    (room + j) % urls.max(1)
+}
+
 /// What one member saw.
 struct MemberLog {
     room: usize,
     /// The room's `seq` in this member's `joined` reply.
     base: u64,
-    /// `(seq, text)` of every `message` event received after joining.
-    got: Vec<(u64, String)>,
+    /// `seq` and parsed text of every `message` event received after joining.
+    got: Vec<(u64, Option<Marker>)>,
+    /// Send → receipt, in µs, of every delivery of this run's messages.
+    latency: Histogram<u64>,
+    /// When the sender sent its first message (senders only).
+    first_send: Option<Instant>,
+    /// When the last message event was received.
+    last_recv: Option<Instant>,
     error: Option<String>,
 }
 
-fn marker(run: u64, room: usize, k: usize) -> String {
-    format!("smoke {run} room {room} message {k}")
+impl MemberLog {
+    fn new(room: usize) -> MemberLog {
+        MemberLog {
+            room,
+            base: 0,
+            got: Vec::new(),
+            latency: new_histogram(),
+            first_send: None,
+            last_recv: None,
+            error: None,
+        }
+    }
 }
 
 async fn smoke(a: SmokeArgs) -> anyhow::Result<bool> {
     if a.rooms == 0 || a.members == 0 {
         bail!("--rooms and --members must be at least 1");
     }
+    if a.window == 0 {
+        bail!("--window must be at least 1");
+    }
+    if !a.rate.is_finite() || a.rate < 0.0 {
+        bail!("--rate must be a number of messages per second, 0 for unlimited");
+    }
     let dialer = Arc::new(Dialer::new(&a.target)?);
+    let urls = dialer.targets.len();
     let total = a.rooms * a.members;
     warn_if_too_few_files(total);
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let clock = Clock(Instant::now());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout_secs);
     println!(
-        "smoke: {} rooms × {} members, {} messages per room, to {}",
-        a.rooms, a.members, a.messages, dialer.target
+        "smoke: {} rooms × {} members, {} messages per room, window {}, rate {}, to {urls} URL(s): {}",
+        a.rooms,
+        a.members,
+        a.messages,
+        a.window,
+        if a.rate > 0.0 {
+            format!("{} msg/s per sender", a.rate)
+        } else {
+            "unlimited".into()
+        },
+        dialer.urls()
     );
+    if a.rate > 0.0 {
+        println!(
+            "offered load: {:.0} msg/s in, {:.0} deliveries/s out",
+            a.rate * a.rooms as f64,
+            a.rate * total as f64
+        );
+    }
 
     // Connect everyone first, so the room list is known.
     let started = Instant::now();
@@ -518,9 +733,10 @@ async fn smoke(a: SmokeArgs) -> anyhow::Result<bool> {
     for i in 0..total {
         let dialer = dialer.clone();
         let permits = permits.clone();
+        let target = url_index(i / a.members, i % a.members, urls);
         connecting.push(tokio::spawn(async move {
             let _permit = permits.acquire().await.map_err(|e| anyhow!("{e}"))?;
-            dialer.connect_hello(i).await
+            dialer.connect_hello(i, target).await
         }));
     }
     let mut clients = Vec::with_capacity(total);
@@ -541,6 +757,28 @@ async fn smoke(a: SmokeArgs) -> anyhow::Result<bool> {
         print_errors(&errors);
         println!("FAIL: not every client could connect");
         return Ok(false);
+    }
+    // Which node answers on each URL (welcome.server.node), and how many
+    // clients it holds.
+    let mut per_url: Vec<(BTreeMap<String, usize>, usize)> = vec![(BTreeMap::new(), 0); urls];
+    for (i, (_, welcome)) in clients.iter().enumerate() {
+        let u = url_index(i / a.members, i % a.members, urls);
+        let node = welcome["server"]["node"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        *per_url[u].0.entry(node).or_insert(0) += 1;
+        per_url[u].1 += 1;
+    }
+    let mut node_of_url = Vec::with_capacity(urls);
+    for (t, (nodes, n)) in dialer.targets.iter().zip(&per_url) {
+        let names: Vec<&str> = nodes.keys().map(String::as_str).collect();
+        println!("  {} → node {} ({n} clients)", t.url, names.join("/"));
+        node_of_url.push(names.join("/"));
+    }
+    let distinct: HashSet<&String> = node_of_url.iter().collect();
+    if distinct.len() < node_of_url.len() {
+        println!("warning: several URLs answer as the same node");
     }
     let room_ids: Vec<String> = clients
         .first()
@@ -565,10 +803,12 @@ async fn smoke(a: SmokeArgs) -> anyhow::Result<bool> {
     // Everyone joins; senders start once every member is in. A sender that
     // fails tells its room's members to stop waiting.
     let barrier = Arc::new(Barrier::new(total));
+    let done = Arc::new(Barrier::new(total));
     let aborts: Vec<Arc<watch::Sender<bool>>> = (0..a.rooms)
         .map(|_| Arc::new(watch::channel(false).0))
         .collect();
-    let sent_at = Instant::now();
+    let joins_started = Instant::now();
+    let cpu_start = cpu_secs();
     let mut tasks = Vec::with_capacity(total);
     for (i, (ws, _)) in clients.into_iter().enumerate() {
         let room = i / a.members;
@@ -577,20 +817,29 @@ async fn smoke(a: SmokeArgs) -> anyhow::Result<bool> {
             room_id: room_ids[room].clone(),
             sender: i % a.members == 0,
             messages: a.messages,
+            window: a.window,
+            rate: a.rate,
             run,
+            clock,
             barrier: barrier.clone(),
+            done: done.clone(),
             abort: aborts[room].clone(),
         };
         tasks.push(tokio::spawn(async move {
-            match tokio::time::timeout_at(deadline, member(ws, part)).await {
-                Ok(log) => log,
-                Err(_) => MemberLog {
-                    room,
-                    base: 0,
-                    got: Vec::new(),
-                    error: Some("timed out".into()),
-                },
+            let mut ws = ws;
+            let mut log = MemberLog::new(room);
+            if tokio::time::timeout_at(deadline, member(&mut ws, &part, &mut log))
+                .await
+                .is_err()
+            {
+                if part.sender {
+                    part.abort.send_replace(true);
+                }
+                log.error = Some("timed out".into());
             }
+            // Every member gets here, timed out or not, so `done` opens.
+            leave_and_close(ws, &part).await;
+            log
         }));
     }
     let mut logs = Vec::with_capacity(total);
@@ -600,9 +849,13 @@ async fn smoke(a: SmokeArgs) -> anyhow::Result<bool> {
             Err(e) => bail!("a member task failed: {e}"),
         }
     }
-    let elapsed = sent_at.elapsed();
+    let wall = joins_started.elapsed();
+    let cpu_end = cpu_secs();
 
-    // Verify.
+    // Verify, and merge the latency histograms.
+    let mut latency = new_histogram();
+    let mut first_send: Option<Instant> = None;
+    let mut last_recv: Option<Instant> = None;
     let mut lost = 0usize;
     let mut dup = 0usize;
     let mut reordered = 0usize;
@@ -611,6 +864,15 @@ async fn smoke(a: SmokeArgs) -> anyhow::Result<bool> {
     let mut failed_members = 0usize;
     let mut member_errors = BTreeMap::new();
     for log in &logs {
+        latency
+            .add(&log.latency)
+            .map_err(|e| anyhow!("cannot merge latency histograms: {e:?}"))?;
+        if let Some(t) = log.first_send {
+            first_send = Some(first_send.map_or(t, |f| f.min(t)));
+        }
+        if let Some(t) = log.last_recv {
+            last_recv = Some(last_recv.map_or(t, |l| l.max(t)));
+        }
         if let Some(e) = &log.error {
             failed_members += 1;
             *member_errors.entry(e.clone()).or_insert(0) += 1;
@@ -618,7 +880,7 @@ async fn smoke(a: SmokeArgs) -> anyhow::Result<bool> {
         received += log.got.len();
         let mut seen = HashSet::new();
         let mut prev = log.base;
-        for (seq, text) in &log.got {
+        for (seq, marker) in &log.got {
             if !seen.insert(*seq) {
                 dup += 1;
                 continue;
@@ -627,20 +889,60 @@ async fn smoke(a: SmokeArgs) -> anyhow::Result<bool> {
                 reordered += 1;
             }
             prev = *seq;
-            // Message k of this run must carry seq base + 1 + k.
+            // Message k of this run must carry seq base + 1 + k; its send
+            // time is not compared.
             let k = seq.wrapping_sub(log.base + 1) as usize;
-            if k >= a.messages || *text != marker(run, log.room, k) {
+            let right = marker
+                .is_some_and(|m| m.run == run && m.room == log.room && m.k == k && k < a.messages);
+            if !right {
                 wrong += 1;
             }
         }
         lost += a.messages.saturating_sub(seen.len());
     }
+    // Throughput is measured from the first send to the last delivery.
+    let elapsed = match (first_send, last_recv) {
+        (Some(f), Some(l)) => l.saturating_duration_since(f),
+        _ => Duration::ZERO,
+    };
+    let elapsed_s = elapsed.as_secs_f64();
+    let per_s = if elapsed_s > 0.0 {
+        received as f64 / elapsed_s
+    } else {
+        0.0
+    };
     let expected = total * a.messages;
+    let lat = summarize(&latency);
     println!(
-        "messages: {} rooms × {} planned, expected deliveries {expected}, received {received} in {:.2} s",
+        "messages: {} rooms × {} planned, expected deliveries {expected}, received {received} \
+         in {elapsed_s:.3} s from first send to last delivery ({:.2} s with joins)",
         a.rooms,
         a.messages,
-        elapsed.as_secs_f64()
+        wall.as_secs_f64()
+    );
+    println!(
+        "throughput: {per_s:.0} deliveries/s ({:.0} messages sent/s)",
+        if elapsed_s > 0.0 {
+            (a.rooms * a.messages) as f64 / elapsed_s
+        } else {
+            0.0
+        }
+    );
+    println!(
+        "latency (send → receipt, {} deliveries): p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, \
+         p99.9 {:.3} ms, max {:.3} ms",
+        lat.count, lat.p50, lat.p90, lat.p99, lat.p999, lat.max
+    );
+    let (cpu_user, cpu_sys) = cpu_end.unwrap_or((0.0, 0.0));
+    let cpu = cpu_user + cpu_sys;
+    let cpu_run = cpu_start.map_or(0.0, |(u, s)| (cpu - u - s).max(0.0));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let process_wall = clock.0.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "loadtest CPU: {cpu:.2} s (user {cpu_user:.2} s, sys {cpu_sys:.2} s) in {process_wall:.2} s; \
+         joins+messaging {cpu_run:.2} s in {:.2} s = {:.2} of {cores} cores",
+        wall.as_secs_f64(),
+        cpu_run / wall.as_secs_f64().max(1e-9)
     );
     println!(
         "lost {lost}, duplicated {dup}, out of order {reordered}, unexpected {wrong}, members with errors {failed_members}"
@@ -648,6 +950,39 @@ async fn smoke(a: SmokeArgs) -> anyhow::Result<bool> {
     print_errors(&member_errors);
     let pass = lost == 0 && dup == 0 && reordered == 0 && wrong == 0 && failed_members == 0;
     println!("{}", if pass { "PASS" } else { "FAIL" });
+    let round = |x: f64| (x * 1e3).round() / 1e3;
+    let report = json!({
+        "urls": dialer.targets.iter().map(|t| &*t.url).collect::<Vec<_>>(),
+        "nodes": node_of_url,
+        "rooms": a.rooms,
+        "members": a.members,
+        "messages": a.messages,
+        "window": a.window,
+        "rate": a.rate,
+        "expected": expected,
+        "received": received,
+        "lost": lost,
+        "duplicated": dup,
+        "reordered": reordered,
+        "unexpected": wrong,
+        "members_with_errors": failed_members,
+        "elapsed_s": round(elapsed_s),
+        "deliveries_per_s": per_s.round(),
+        "latency_ms": {
+            "count": lat.count,
+            "p50": lat.p50,
+            "p90": lat.p90,
+            "p99": lat.p99,
+            "p999": lat.p999,
+            "max": lat.max,
+        },
+        "cpu_s": round(cpu),
+        "cpu_user_s": round(cpu_user),
+        "cpu_sys_s": round(cpu_sys),
+        "cpu_joins_messaging_s": round(cpu_run),
+        "pass": pass,
+    });
+    println!("json: {report}");
     Ok(pass)
 }
 
@@ -658,25 +993,26 @@ struct Part {
     /// The room's sender (its first member).
     sender: bool,
     messages: usize,
+    /// Sends in flight at most.
+    window: usize,
+    /// Messages per second; 0 = unpaced.
+    rate: f64,
     run: u64,
+    clock: Clock,
     barrier: Arc<Barrier>,
+    /// Passed by every member once its part is over.
+    done: Arc<Barrier>,
     /// Set to `true` when the room's sender gave up.
     abort: Arc<watch::Sender<bool>>,
 }
 
-async fn member(mut ws: Ws, part: Part) -> MemberLog {
-    let mut log = MemberLog {
-        room: part.room,
-        base: 0,
-        got: Vec::new(),
-        error: None,
-    };
-    let joined = join(&mut ws, &mut log, &part.room_id).await;
+async fn member(ws: &mut Ws, part: &Part, log: &mut MemberLog) {
+    let joined = join(ws, log, &part.room_id).await;
     // Wait at the barrier even after a failed join, so the others go on.
     part.barrier.wait().await;
     let result = match joined {
-        Ok(()) if part.sender => send_all(&mut ws, &mut log, &part).await,
-        Ok(()) => receive_all(&mut ws, &mut log, &part).await,
+        Ok(()) if part.sender => send_all(ws, log, part).await,
+        Ok(()) => receive_all(ws, log, part).await,
         Err(e) => Err(e),
     };
     if let Err(e) = result {
@@ -685,17 +1021,44 @@ async fn member(mut ws: Ws, part: Part) -> MemberLog {
         }
         log.error = Some(format!("{e:#}"));
     }
-    let _ = ws.close(None).await;
-    log
 }
 
-/// Records a frame if it is one of this run's messages.
-fn record(log: &mut MemberLog, v: &Value) {
-    if v["type"] == "message" {
-        if let (Some(seq), Some(text)) = (v["seq"].as_u64(), v["text"].as_str()) {
-            if seq > log.base {
-                log.got.push((seq, text.to_string()));
+/// After the run: once every member is done (so no presence events disturb
+/// the measurement), leave the room and close. A closed connection would
+/// otherwise keep its seat for the hub's resume grace period, and runs
+/// started soon after would find the rooms full.
+async fn leave_and_close(mut ws: Ws, part: &Part) {
+    part.done.wait().await;
+    let _ = tokio::time::timeout(LEAVE_TIMEOUT, async {
+        send_json(
+            &mut ws,
+            &json!({"type": "leave", "ref": "leave", "room": part.room_id}),
+        )
+        .await?;
+        while next_json(&mut ws).await?["ref"] != "leave" {}
+        anyhow::Ok(())
+    })
+    .await;
+    let _ = ws.close(None).await;
+}
+
+/// Records a frame if it is one of this run's messages, with its latency.
+fn record(log: &mut MemberLog, v: &Value, part: &Part) {
+    if v["type"] != "message" {
+        return;
+    }
+    let now = Instant::now();
+    if let (Some(seq), Some(text)) = (v["seq"].as_u64(), v["text"].as_str()) {
+        if seq > log.base {
+            let marker = Marker::parse(text);
+            if let Some(m) = marker.filter(|m| m.run == part.run) {
+                record_latency(
+                    &mut log.latency,
+                    part.clock.micros_at(now).saturating_sub(m.micros),
+                );
             }
+            log.got.push((seq, marker));
+            log.last_recv = Some(now);
         }
     }
 }
@@ -719,39 +1082,102 @@ async fn join(ws: &mut Ws, log: &mut MemberLog, room_id: &str) -> anyhow::Result
     }
 }
 
-/// The sender: sends K messages one after another, waiting for each reply
-/// and for `retry_after_ms` when rate-limited; it receives its own messages
-/// like every member.
+/// The sender: sends K messages (ref = k) with up to `window` awaiting their
+/// reply, paced at `rate` if set. Every `ok` for message k must carry seq
+/// base + 1 + k, so the seqs follow the send order. With window 1 a
+/// `rate_limited` message is re-sent after `retry_after_ms`; with a larger
+/// window that would reorder the room, so it fails the run. The sender
+/// receives its own messages like every member.
 async fn send_all(ws: &mut Ws, log: &mut MemberLog, part: &Part) -> anyhow::Result<()> {
-    let mut i = 0;
+    let n = part.messages;
+    let window = part.window.max(1);
+    let period = (part.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / part.rate));
+    let mut acked = vec![false; n];
+    let mut acks = 0usize;
+    // The next message to send; next - acks are in flight.
+    let mut next = 0usize;
     let mut retries = 0u64;
-    while i < part.messages {
-        let text = marker(part.run, part.room, i);
-        let frame = json!({"type": "send", "ref": i, "room": part.room_id, "text": text});
-        send_json(ws, &frame).await?;
-        loop {
-            let v = next_json(ws).await?;
-            record(log, &v);
-            if v["ref"] != json!(i) {
+    let mut due = tokio::time::Instant::now();
+    while acks < n {
+        let may_send = next < n && next - acks < window;
+        if may_send {
+            let now = tokio::time::Instant::now();
+            if period.is_none() || now >= due {
+                let text = Marker {
+                    run: part.run,
+                    room: part.room,
+                    k: next,
+                    micros: part.clock.micros(),
+                }
+                .text();
+                let frame =
+                    json!({"type": "send", "ref": next, "room": part.room_id, "text": text});
+                send_json(ws, &frame).await?;
+                log.first_send.get_or_insert_with(Instant::now);
+                next += 1;
+                if let Some(p) = period {
+                    // Keep to the schedule, but after falling a whole
+                    // interval behind (window full, slow hub) start afresh
+                    // instead of bursting to catch up.
+                    due = if now.saturating_duration_since(due) >= p {
+                        now + p
+                    } else {
+                        due + p
+                    };
+                }
                 continue;
             }
-            match (v["type"].as_str(), v["code"].as_str()) {
-                (Some("ok"), _) => {
-                    let want = log.base + 1 + i as u64;
-                    let seq = v["seq"].as_u64().context("ok without seq")?;
-                    if seq != want {
-                        bail!("message {i} got seq {seq}, expected {want}");
-                    }
-                    i += 1;
-                }
-                (Some("error"), Some("rate_limited")) => {
-                    let ms = v["retry_after_ms"].as_u64().unwrap_or(1000);
-                    retries += 1;
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                }
-                _ => bail!("send {i} refused after {retries} rate limits: {v}"),
+        }
+        let v = if may_send {
+            tokio::select! {
+                v = next_json(ws) => v?,
+                () = tokio::time::sleep_until(due) => continue,
             }
-            break;
+        } else {
+            next_json(ws).await?
+        };
+        record(log, &v, part);
+        let Some(r) = v["ref"].as_u64().and_then(|r| usize::try_from(r).ok()) else {
+            continue;
+        };
+        match (v["type"].as_str(), v["code"].as_str()) {
+            (Some("ok"), _) => {
+                if r >= next || acked[r] {
+                    bail!("unexpected ok for message {r}: {v}");
+                }
+                let want = log.base + 1 + r as u64;
+                let seq = v["seq"]
+                    .as_u64()
+                    .with_context(|| format!("ok for message {r} without seq: {v}"))?;
+                if seq != want {
+                    bail!("message {r} got seq {seq}, expected {want}");
+                }
+                acked[r] = true;
+                acks += 1;
+            }
+            (Some("error"), Some("rate_limited")) if window > 1 => {
+                eprintln!(
+                    "room {}: message {r} was rate limited with --window {window}; \
+                     this run fails (see the error below)",
+                    part.room_id
+                );
+                bail!(
+                    "rate_limited with --window {window} > 1: pipelined sends cannot be \
+                     retried in order; raise the hub's [rate_limits] \
+                     (identity_messages_per_10s, room_messages_per_second/burst, \
+                     connection_frames_per_second/burst) above the offered load, or use \
+                     --window 1"
+                );
+            }
+            (Some("error"), Some("rate_limited")) => {
+                let ms = v["retry_after_ms"].as_u64().unwrap_or(1000);
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                // With window 1 nothing else is in flight: send it again.
+                next = r;
+            }
+            (Some("error"), _) => bail!("send {r} refused after {retries} rate limits: {v}"),
+            _ => {}
         }
     }
     if retries > 0 {
@@ -768,7 +1194,7 @@ async fn receive_all(ws: &mut Ws, log: &mut MemberLog, part: &Part) -> anyhow::R
     let mut abort = part.abort.subscribe();
     while log.got.len() < part.messages {
         tokio::select! {
-            v = next_json(ws) => record(log, &v?),
+            v = next_json(ws) => record(log, &v?, part),
             _ = abort.wait_for(|a| *a) => bail!("the room's sender gave up"),
         }
     }
@@ -822,5 +1248,113 @@ mod tests {
         let v = [1, 2, 3].map(Duration::from_millis);
         assert_eq!(percentile(&v, 0.5), Duration::from_millis(2));
         assert_eq!(percentile(&v, 1.0), Duration::from_millis(3));
+    }
+
+    #[test]
+    fn every_url_must_be_loopback() {
+        let target = |urls: &[&str]| Target {
+            url: urls.iter().map(|u| u.to_string()).collect(),
+            sources: Vec::new(),
+            concurrency: 1,
+        };
+        let d = Dialer::new(&target(&["ws://127.0.0.1:1/ws", "ws://[::1]:2/ws"])).expect("dialer");
+        assert_eq!(d.targets.len(), 2);
+        assert_eq!(d.urls(), "ws://127.0.0.1:1/ws,ws://[::1]:2/ws");
+        assert!(Dialer::new(&target(&["ws://127.0.0.1:1/ws", "ws://10.0.0.1:2/ws"])).is_err());
+        assert!(Dialer::new(&target(&[])).is_err());
+    }
+
+    #[test]
+    fn url_spread_rotates_per_room() {
+        // One URL: everyone on it.
+        assert!((0..5).all(|j| url_index(3, j, 1) == 0));
+        // Two URLs: room 0's sender on URL 0, room 1's on URL 1; members alternate.
+        assert_eq!(
+            (0..4).map(|j| url_index(0, j, 2)).collect::<Vec<_>>(),
+            [0, 1, 0, 1]
+        );
+        assert_eq!(
+            (0..4).map(|j| url_index(1, j, 2)).collect::<Vec<_>>(),
+            [1, 0, 1, 0]
+        );
+        assert_eq!(url_index(5, 0, 3), 2);
+    }
+
+    #[test]
+    fn markers_round_trip_and_reject_other_texts() {
+        let m = Marker {
+            run: 1_763_900_000_000,
+            room: 7,
+            k: 42,
+            micros: 123_456,
+        };
+        assert_eq!(m.text(), "smoke 1763900000000 room 7 message 42 t 123456");
+        assert_eq!(Marker::parse(&m.text()), Some(m));
+        for bad in [
+            "",
+            "smoke 1 room 2 message 3",
+            "smoke 1 room 2 message 3 t",
+            "smoke 1 room 2 message 3 t 4 extra",
+            "smoke 1 room 2 message 3 time 4",
+            "smoke 1 room 2 msg 3 t 4",
+            "smoke 1 room x message 3 t 4",
+            "smoke 1 room -2 message 3 t 4",
+            "smoke 1 room +2 message 3 t 4",
+            "smoke 1 room 02 message 3 t 4",
+            "smoke 1  room 2 message 3 t 4",
+            "Smoke 1 room 2 message 3 t 4",
+        ] {
+            assert_eq!(Marker::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn latency_summary_of_small_sets() {
+        let empty = summarize(&new_histogram());
+        assert_eq!(empty.count, 0);
+        assert_eq!(empty.max, 0.0);
+
+        // 1..=1000 µs, split over two member histograms and merged.
+        let mut a = new_histogram();
+        let mut b = new_histogram();
+        for us in 1..=1000u64 {
+            if us % 2 == 0 {
+                record_latency(&mut a, us);
+            } else {
+                record_latency(&mut b, us);
+            }
+        }
+        let mut all = new_histogram();
+        all.add(&a).expect("merge");
+        all.add(&b).expect("merge");
+        let s = summarize(&all);
+        assert_eq!(s.count, 1000);
+        // Below 2048 µs, 3 significant figures record exact values.
+        assert_eq!(s.p50, 0.5);
+        assert_eq!(s.p90, 0.9);
+        assert_eq!(s.p99, 0.99);
+        assert_eq!(s.p999, 0.999);
+        assert_eq!(s.max, 1.0);
+
+        // Large values keep 3 significant figures.
+        let mut h = new_histogram();
+        record_latency(&mut h, 250_000);
+        let mut merged = new_histogram();
+        merged.add(&h).expect("merge");
+        record_latency(&mut merged, 1);
+        let s = summarize(&merged);
+        assert!((s.max - 250.0).abs() <= 0.25, "{s:?}");
+        assert_eq!(s.p50, 0.001);
+        assert_eq!(s.p90, s.max);
+    }
+
+    #[test]
+    fn cpu_ticks_from_proc_stat() {
+        let stat = "4242 (load (test) x) S 1 4242 4242 0 -1 4194560 1234 0 0 0 \
+                    317 42 0 0 20 0 9 0 123456 1000000 2000 18446744073709551615";
+        assert_eq!(parse_proc_stat_cpu(stat), Some((317, 42)));
+        assert_eq!(parse_proc_stat_cpu("4242 (x) S 1 2"), None);
+        let (user, sys) = cpu_secs().expect("/proc/self/stat");
+        assert!(user >= 0.0 && sys >= 0.0);
     }
 }

@@ -52,6 +52,13 @@ impl Log {
     }
 }
 
+/// How a message's own id appears in its encoded event. Inside the text
+/// quotes are escaped, and the sender's id is a `p_` id, so this matches
+/// the message itself only.
+pub(crate) fn id_needle(message: &str) -> String {
+    format!("\"id\":{}", serde_json::Value::from(message))
+}
+
 /// A fresh epoch name: 8 random hex digits.
 pub fn new_epoch() -> Arc<str> {
     format!("{:08x}", rand::random::<u32>()).into()
@@ -79,6 +86,22 @@ impl MemoryFanout {
         self.rooms
             .get(room as usize)
             .ok_or(FanoutError::NoRoom(room))
+    }
+
+    /// Removes the message with id `message` from the room's history
+    /// (with `look_only`, only says whether it is there).
+    pub fn delete(&self, room: u32, message: &str, look_only: bool) -> Result<bool, FanoutError> {
+        let needle = id_needle(message);
+        let mut log = self.log(room)?.lock();
+        if look_only {
+            return Ok(log
+                .entries
+                .iter()
+                .any(|e| e.frame.as_str().contains(&needle)));
+        }
+        let before = log.entries.len();
+        log.entries.retain(|e| !e.frame.as_str().contains(&needle));
+        Ok(log.entries.len() != before)
     }
 
     /// Drops expired history in every room (called periodically so idle
@@ -178,6 +201,15 @@ mod tests {
     impl Sink for Record {
         fn deliver(&self, _room: u32, seq: u64, _frame: &Utf8Bytes) {
             self.0.lock().push(seq);
+        }
+        fn reset(&self, _room: u32) {}
+        fn event(
+            &self,
+            _room: u32,
+            _except: &str,
+            _frame: &Utf8Bytes,
+            _kind: crate::fanout::EventKind,
+        ) {
         }
     }
 

@@ -12,15 +12,23 @@ use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 
 use crate::config::RoomConfig;
-use crate::fanout::Sink;
+use crate::fanout::{EventKind, Sink};
 use crate::metrics::Metrics;
 use crate::protocol::{Member, MemberId, PresenceEvent};
 use crate::session::outbox::{Outbox, Pushed};
 
+/// Held events that are not messages sort after every seq.
+const EVENT_SEQ: u64 = u64::MAX;
+
 /// How a member's connection currently receives the room's messages.
 pub(crate) enum Attach {
-    /// Receives every message as it is published.
-    Live { conn: u64, outbox: Arc<Outbox> },
+    /// Receives every message published after `after` (the seq its
+    /// `joined` covered), so a late repair never repeats what it has.
+    Live {
+        conn: u64,
+        outbox: Arc<Outbox>,
+        after: u64,
+    },
     /// Joining: messages published meanwhile wait here (bounded) until the
     /// `joined` reply, with its history, has been queued.
     Pending {
@@ -51,10 +59,41 @@ pub(crate) struct RoomMember {
     pub(crate) attach: Attach,
 }
 
+impl RoomMember {
+    /// Ends a join or watch: from now on the connection receives every
+    /// message after `after` (the seq its reply covered). Returns what was
+    /// held meanwhile, for the caller to queue after the reply.
+    pub(crate) fn go_live(
+        &mut self,
+        conn: u64,
+        outbox: &Arc<Outbox>,
+        after: u64,
+    ) -> Vec<(u64, Utf8Bytes)> {
+        let live = Attach::Live {
+            conn,
+            outbox: outbox.clone(),
+            after,
+        };
+        match std::mem::replace(&mut self.attach, live) {
+            Attach::Pending { held, .. } => held,
+            _ => Vec::new(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct RoomState {
     /// Keyed by the identity's internal number.
     pub(crate) members: HashMap<u64, RoomMember>,
+    /// Staff watching the room from this node, keyed by connection id: they
+    /// receive its traffic and safety events but are not members.
+    pub(crate) watchers: HashMap<u64, RoomMember>,
+    /// No new peers may join (embedded mode; Redis holds it in cluster mode).
+    pub(crate) locked: bool,
+    /// Seconds between a peer's messages; 0 = off (embedded mode).
+    pub(crate) slow_mode: u64,
+    /// When each peer last sent, while slow mode is on (embedded mode).
+    pub(crate) last_send: HashMap<u64, std::time::Instant>,
 }
 
 pub(crate) struct Room {
@@ -113,10 +152,11 @@ impl RoomTable {
         }
     }
 
-    /// Sends a presence event to every live member except `except`.
+    /// Sends a presence event to every live member and watcher except the
+    /// member `except`.
     pub(crate) fn presence(
         &self,
-        st: &RoomState,
+        st: &mut RoomState,
         room: &str,
         joined: Option<&Member>,
         left: Option<&str>,
@@ -132,13 +172,89 @@ impl RoomTable {
             return;
         };
         let frame: Utf8Bytes = text.into();
-        for (key, m) in &st.members {
-            if *key == except {
-                continue;
+        let except_id = st.members.get(&except).map(|m| m.member.id.clone());
+        self.fan_event(
+            st,
+            except_id.as_deref().unwrap_or(""),
+            &frame,
+            EventKind::Room,
+        );
+    }
+
+    /// Hands a non-message event to the right audience of a room.
+    pub(crate) fn fan_event(
+        &self,
+        st: &mut RoomState,
+        except: &str,
+        frame: &Utf8Bytes,
+        kind: EventKind,
+    ) {
+        let pending_limit = self.pending_limit;
+        let one = |m: &mut RoomMember| {
+            if m.member.id == except {
+                return;
             }
-            if let Attach::Live { outbox, .. } = &m.attach {
-                self.push(outbox, frame.clone());
+            match &mut m.attach {
+                Attach::Live { outbox, .. } => {
+                    if kind == EventKind::Typing {
+                        outbox.push_lossy(frame.clone());
+                    } else {
+                        self.push(outbox, frame.clone());
+                    }
+                }
+                // Events that arrive while joining follow the `joined`
+                // reply, so the member list stays right.
+                Attach::Pending { held, .. }
+                    if kind != EventKind::Typing && held.len() < pending_limit =>
+                {
+                    held.push((EVENT_SEQ, frame.clone()));
+                }
+                _ => {}
             }
+        };
+        if kind != EventKind::Staff {
+            st.members.values_mut().for_each(one);
+        }
+        let members = &st.members;
+        for (conn, w) in st.watchers.iter_mut() {
+            // Staff who both joined and watch get each event once (staff
+            // events go to watchers only, so they are never doubled).
+            let member_too =
+                kind != EventKind::Staff && members.values().any(|m| m.attach.conn() == *conn);
+            if !member_too {
+                one(w);
+            }
+        }
+    }
+
+    /// Queues `frame` to a member or watcher `m` if it is receiving `seq`.
+    /// Returns whether it was queued now.
+    fn feed(&self, m: &mut RoomMember, seq: u64, frame: &Utf8Bytes) -> bool {
+        match &mut m.attach {
+            Attach::Live { outbox, after, .. } => {
+                if seq <= *after {
+                    return false;
+                }
+                if outbox.push(frame.clone()) == Pushed::Overflowed {
+                    Metrics::inc(&self.metrics.slow_consumer_disconnects);
+                }
+                true
+            }
+            Attach::Pending { outbox, held, .. } => {
+                if held.len() >= self.pending_limit {
+                    if !outbox.is_closed() {
+                        outbox.close(crate::session::outbox::CloseReason {
+                            code: crate::protocol::close::TOO_SLOW,
+                            reason: "too slow to keep up; reconnect with resume and since",
+                        });
+                        Metrics::inc(&self.metrics.slow_consumer_disconnects);
+                    }
+                } else {
+                    held.push((seq, frame.clone()));
+                }
+                false
+            }
+            Attach::Paused { .. } | Attach::Detached { .. } => false,
         }
     }
 }
@@ -149,32 +265,48 @@ impl Sink for RoomTable {
             return;
         };
         let mut st = room.state.lock();
+        let st = &mut *st;
         let mut out = 0u64;
         for m in st.members.values_mut() {
-            match &mut m.attach {
-                Attach::Live { outbox, .. } => {
-                    if outbox.push(frame.clone()) == Pushed::Overflowed {
-                        Metrics::inc(&self.metrics.slow_consumer_disconnects);
-                    }
-                    out += 1;
-                }
-                Attach::Pending { outbox, held, .. } => {
-                    if held.len() >= self.pending_limit {
-                        if !outbox.is_closed() {
-                            outbox.close(crate::session::outbox::CloseReason {
-                                code: crate::protocol::close::TOO_SLOW,
-                                reason: "too slow to keep up; reconnect with resume and since",
-                            });
-                            Metrics::inc(&self.metrics.slow_consumer_disconnects);
-                        }
-                    } else {
-                        held.push((seq, frame.clone()));
-                    }
-                }
-                Attach::Paused { .. } | Attach::Detached { .. } => {}
+            if self.feed(m, seq, frame) {
+                out += 1;
             }
         }
-        drop(st);
+        for (conn, w) in st.watchers.iter_mut() {
+            // Staff who both joined and watch get each message once.
+            if !st.members.values().any(|m| m.attach.conn() == *conn) && self.feed(w, seq, frame) {
+                out += 1;
+            }
+        }
         Metrics::add(&self.metrics.messages_out, out);
+    }
+
+    fn event(&self, room: u32, except: &str, frame: &Utf8Bytes, kind: EventKind) {
+        let Some(room) = self.by_idx(room) else {
+            return;
+        };
+        let mut st = room.state.lock();
+        self.fan_event(&mut st, except, frame, kind);
+    }
+
+    fn reset(&self, room: u32) {
+        let Some(room) = self.by_idx(room) else {
+            return;
+        };
+        let mut st = room.state.lock();
+        let st = &mut *st;
+        for m in st.members.values_mut().chain(st.watchers.values_mut()) {
+            let conn = m.attach.conn();
+            let outbox = match &m.attach {
+                Attach::Live { outbox, .. } | Attach::Pending { outbox, .. } => outbox.clone(),
+                Attach::Paused { .. } | Attach::Detached { .. } => continue,
+            };
+            outbox.close(crate::session::outbox::CloseReason {
+                code: crate::protocol::close::TOO_SLOW,
+                reason: "room history was lost; reconnect with resume and join with since",
+            });
+            // Still a member; it receives nothing until it joins again.
+            m.attach = Attach::Paused { conn };
+        }
     }
 }

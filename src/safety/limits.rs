@@ -10,7 +10,7 @@
 //!
 //! It must not know about sockets or rooms beyond their keys.
 
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -52,10 +52,21 @@ pub struct Limiters {
     identity: DefaultKeyedRateLimiter<u64>,
     room: DefaultKeyedRateLimiter<u32>,
     address: DefaultKeyedRateLimiter<u64>,
-    // A per-process random key: the address hash is useless outside this
-    // process and changes on every restart.
-    address_key: std::hash::RandomState,
+    /// New connections from addresses whose peer was banned: much slower.
+    probation: DefaultKeyedRateLimiter<u64>,
+    // parking_lot: address tags on probation and until when; looked up and
+    // swept briefly, never across `.await`.
+    on_probation: parking_lot::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+    // The key of the address tag (HMAC-SHA256, truncated): random per
+    // process, or in cluster mode one random key shared by the nodes
+    // through Redis, so a ban's probation holds on every node. Either way
+    // a tag cannot be turned back into an address without the key, and
+    // the key never leaves the nodes and Redis.
+    address_key: parking_lot::RwLock<[u8; 32]>,
 }
+
+/// Address tags on probation at most; the oldest is dropped beyond this.
+const MAX_PROBATION: usize = 100_000;
 
 impl Limiters {
     pub fn new(cfg: &RateLimitsConfig) -> Limiters {
@@ -76,7 +87,13 @@ impl Limiters {
                 Duration::from_secs(60),
                 cfg.address_connects_burst,
             )),
-            address_key: std::hash::RandomState::new(),
+            probation: RateLimiter::keyed(quota(
+                cfg.probation_connects_per_hour,
+                Duration::from_secs(3600),
+                1,
+            )),
+            on_probation: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            address_key: parking_lot::RwLock::new(rand::random()),
             clock: DefaultClock::default(),
             cfg: cfg.clone(),
         }
@@ -103,10 +120,55 @@ impl Limiters {
     }
 
     /// One new connection from an address. The address is hashed at once
-    /// and dropped; only the hash is a key.
-    pub fn address_connect(&self, addr: IpAddr) -> Result<(), Limited> {
-        let key = self.address_key.hash_one(addr);
-        self.check(&self.address, &key)
+    /// and dropped; only the hash is a key, and it is returned as the
+    /// connection's address tag. An address on probation (its peer was
+    /// banned) gets the much slower probation limit.
+    pub fn address_connect(&self, addr: IpAddr) -> Result<u64, Limited> {
+        let key = self.address_tag(addr);
+        let probation = self
+            .on_probation
+            .lock()
+            .get(&key)
+            .is_some_and(|until| *until > std::time::Instant::now());
+        if probation {
+            self.check(&self.probation, &key)?;
+        }
+        self.check(&self.address, &key)?;
+        Ok(key)
+    }
+
+    /// The keyed tag of an address (never the address itself).
+    fn address_tag(&self, addr: IpAddr) -> u64 {
+        use hmac::{Mac, SimpleHmac};
+        let key = *self.address_key.read();
+        let Ok(mut mac) = SimpleHmac::<sha2::Sha256>::new_from_slice(&key) else {
+            return 0;
+        };
+        match addr {
+            IpAddr::V4(a) => mac.update(&a.octets()),
+            IpAddr::V6(a) => mac.update(&a.octets()),
+        }
+        let out = mac.finalize().into_bytes();
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&out[..8]);
+        u64::from_le_bytes(b)
+    }
+
+    /// Uses a key shared by every node (cluster mode) for address tags.
+    pub fn set_address_key(&self, key: [u8; 32]) {
+        *self.address_key.write() = key;
+    }
+
+    /// Puts an address tag on probation for `d` (a peer from it was banned).
+    pub fn put_on_probation(&self, tag: u64, d: Duration) {
+        let mut p = self.on_probation.lock();
+        let now = std::time::Instant::now();
+        if p.len() >= MAX_PROBATION {
+            p.retain(|_, until| *until > now);
+        }
+        if p.len() < MAX_PROBATION {
+            p.insert(tag, now + d);
+        }
     }
 
     /// Per-connection limiters for a new connection.
@@ -140,6 +202,9 @@ impl Limiters {
             l.shrink_to_fit();
         }
         self.room.retain_recent();
+        self.probation.retain_recent();
+        let now = std::time::Instant::now();
+        self.on_probation.lock().retain(|_, until| *until > now);
     }
 
     /// Keys held, for the metrics gauge.
@@ -192,6 +257,7 @@ mod tests {
             address_connects_burst: 2,
             typing_per_10s: 1,
             flood_strikes: 2,
+            probation_connects_per_hour: 1,
         }
     }
 
@@ -223,6 +289,21 @@ mod tests {
         assert!(l.address_connect(a).is_ok());
         assert!(l.address_connect(a).is_err());
         assert!(l.address_connect(b).is_ok());
+    }
+
+    #[test]
+    fn probation_slows_an_address_down() {
+        let l = Limiters::new(&cfg());
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let tag = l.address_connect(a).expect("first");
+        assert_eq!(l.address_connect(a).expect("second"), tag, "stable tag");
+        let c: IpAddr = [10, 0, 0, 3].into();
+        let tag_c = l.address_connect(c).expect("c");
+        l.put_on_probation(tag_c, Duration::from_secs(60));
+        // One connection per hour on probation, then refused for long.
+        assert!(l.address_connect(c).is_ok());
+        let e = l.address_connect(c).expect_err("probation");
+        assert!(e.retry_after_ms() > 60_000, "{e:?}");
     }
 
     #[test]

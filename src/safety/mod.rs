@@ -1,11 +1,16 @@
 //! Safety: the checks every `send` passes before it is published.
 //!
-//! Owns rate limits (`limits`) and the text checks and verdict. It is pure:
-//! no I/O, no room state, no sockets; `hub` calls it and acts on the answer.
-//! Today the verdict step only checks size and emptiness; content filters and
-//! the crisis classifier plug in at `judge` (the safety issue).
+//! Owns rate limits (`limits`), the text checks, the crisis classifier and
+//! policy filters (`classifier`, with its private `normalize` and `policy`
+//! scanners; rules in `config/safety/`), and the choice of support
+//! resources (`support`). It is pure: no I/O, no room state, no sockets;
+//! `hub` calls it and acts on the answer.
 
+pub mod classifier;
 pub mod limits;
+mod normalize;
+mod policy;
+pub mod support;
 
 pub use limits::{ConnectionLimits, Limited, Limiters};
 
@@ -55,13 +60,6 @@ pub fn prepare_text(raw: &str, max_chars: usize) -> Result<String, TextError> {
     Ok(text)
 }
 
-/// The verdict for a prepared text. Content filters and the crisis
-/// classifier arrive with the safety issue; until then every message that
-/// passed the limits is delivered.
-pub fn judge(_room: &str, _text: &str) -> Verdict {
-    Verdict::Deliver
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,10 +87,5 @@ mod tests {
             prepare_text(&big, 100),
             Err(TextError::TooLarge { .. })
         ));
-    }
-
-    #[test]
-    fn everything_is_delivered_until_filters_land() {
-        assert_eq!(judge("anxiety", "hello"), Verdict::Deliver);
     }
 }

@@ -16,9 +16,11 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Conn, HubError, HubHandle};
+use crate::hub::{Action, Actor, Conn, HubError, HubHandle};
 use crate::metrics::Metrics;
-use crate::protocol::{self, close, ClientFrame, ErrorCode, Limits, Ref, ServerFrame, ServerInfo};
+use crate::protocol::{
+    self, close, ClientFrame, ErrorCode, Limits, Ref, ServerFrame, ServerInfo, StaffFrame,
+};
 use crate::safety::ConnectionLimits;
 use outbox::Outbox;
 
@@ -63,11 +65,13 @@ struct Session {
     /// When the last rate-limit refusal said the client may send again. A
     /// frame that arrives earlier ignored that advice and counts as a strike.
     limited_until: Option<Instant>,
+    /// Keyed hash of the source address (see `Conn::addr_tag`).
+    addr_tag: u64,
 }
 
 /// Runs one connection until it closes. Errors end here: they are logged
 /// once and never reach the accept loop.
-pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken) {
+pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken, addr_tag: u64) {
     let _gauge = Gauge::new(hub.metrics().clone());
     let cfg = hub.config().websocket.clone();
     let mut s = Session {
@@ -75,6 +79,7 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken)
         limits: hub.limiters().for_connection(),
         conn: None,
         limited_until: None,
+        addr_tag,
         hub,
     };
     let handshake = tokio::time::sleep(Duration::from_secs(cfg.handshake_timeout_secs));
@@ -290,7 +295,7 @@ impl Session {
                 code: e.code(),
                 message: &e.sentence(),
                 retry_after_ms: e.retry_after_ms(),
-                until: None,
+                until: e.until(),
             }
             .encode(),
         );
@@ -354,7 +359,7 @@ impl Session {
             }
         };
         let Some(conn) = self.conn.clone() else {
-            return self.on_hello(rf, frame);
+            return self.on_hello(rf, frame).await;
         };
         match frame {
             ClientFrame::Hello(_) => {
@@ -369,7 +374,7 @@ impl Session {
                     self.hub_error(rf, &e);
                 }
             }
-            ClientFrame::Leave(l) => match self.hub.leave(&conn, &l.room) {
+            ClientFrame::Leave(l) => match self.hub.leave(&conn, &l.room).await {
                 Ok(()) => self.push(ServerFrame::Left { rf, room: &l.room }.encode()),
                 Err(e) => self.hub_error(rf, &e),
             },
@@ -392,7 +397,7 @@ impl Session {
             },
             ClientFrame::Typing(t) => {
                 let limits = &self.limits;
-                if let Err(e) = self.hub.typing(&conn, &t.room, || limits.typing()) {
+                if let Err(e) = self.hub.typing(&conn, &t.room, || limits.typing()).await {
                     self.hub_error(rf, &e);
                 }
             }
@@ -400,6 +405,7 @@ impl Session {
                 match self
                     .hub
                     .report(&conn, &r.room, &r.message, r.reason.as_deref())
+                    .await
                 {
                     Ok(()) => self.ok(rf),
                     Err(e) => {
@@ -410,15 +416,85 @@ impl Session {
                     }
                 }
             }
-            ClientFrame::Staff(ty) => {
-                let msg = format!("Only moderators and clinicians can use \"{ty}\".");
-                self.error(rf, ErrorCode::Forbidden, &msg);
-            }
+            ClientFrame::Staff(ty, frame) => return self.on_staff(rf, &conn, ty, frame).await,
         }
         None
     }
 
-    fn on_hello(&mut self, rf: Option<&Ref>, frame: ClientFrame) -> Option<End> {
+    /// A staff frame. Peers get `forbidden` whatever its fields; staff whose
+    /// token has expired or was revoked get `unauthorized` and close 4003.
+    async fn on_staff(
+        &mut self,
+        rf: Option<&Ref>,
+        conn: &Conn,
+        ty: &str,
+        frame: Result<StaffFrame, protocol::DecodeError>,
+    ) -> Option<End> {
+        let Some(staff) = conn.staff.as_ref() else {
+            let msg = format!("Only moderators and clinicians can use \"{ty}\".");
+            self.error(rf, ErrorCode::Forbidden, &msg);
+            return None;
+        };
+        if let Err(why) = self.hub.staff_still_valid(staff).await {
+            self.error(rf, ErrorCode::Unauthorized, why);
+            return Some(End::Close(
+                close::UNAUTHORIZED,
+                "staff token no longer valid",
+            ));
+        }
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                Metrics::inc(&self.hub.metrics().bad_frames);
+                self.error(rf, e.code(), &e.to_string());
+                return None;
+            }
+        };
+        let actor = Actor {
+            member: conn.member.clone(),
+        };
+        let action = match Action::from_frame(frame) {
+            Ok(a) => a,
+            Err(StaffFrame::Watch(w)) => {
+                if let Err(e) = self.hub.watch(conn, rf, &w.room).await {
+                    self.hub_error(rf, &e);
+                }
+                return None;
+            }
+            Err(StaffFrame::Unwatch(w)) => {
+                match self.hub.unwatch(conn, &w.room).await {
+                    Ok(()) => self.ok(rf),
+                    Err(e) => self.hub_error(rf, &e),
+                }
+                return None;
+            }
+            Err(other) => {
+                let t = match other {
+                    StaffFrame::Escalation(t) => t,
+                    _ => "this",
+                };
+                let msg =
+                    format!("\"{t}\" works on escalations, which this server does not raise yet.");
+                self.error(rf, ErrorCode::BadRequest, &msg);
+                return None;
+            }
+        };
+        match self.hub.moderate(&actor, action).await {
+            Ok(out) => self.push(
+                ServerFrame::Ok {
+                    rf,
+                    id: out.id.as_deref(),
+                    seq: out.seq,
+                    held: None,
+                }
+                .encode(),
+            ),
+            Err(e) => self.hub_error(rf, &e),
+        }
+        None
+    }
+
+    async fn on_hello(&mut self, rf: Option<&Ref>, frame: ClientFrame) -> Option<End> {
         let ClientFrame::Hello(hello) = frame else {
             self.error(
                 rf,
@@ -427,21 +503,26 @@ impl Session {
             );
             return None;
         };
-        if hello.auth.is_some() {
-            // Staff sign-in arrives with the staff issue; until then no token
-            // can be valid, and the contract says a bad token closes 4003.
-            self.error(
-                rf,
-                ErrorCode::Unauthorized,
-                "Staff sign-in is not available on this server.",
-            );
-            return Some(End::Close(close::UNAUTHORIZED, "staff sign-in refused"));
-        }
-        let welcome = match self.hub.hello(self.outbox.clone(), hello.resume.as_deref()) {
-            Ok(w) => w,
-            Err(e) => {
-                self.hub_error(rf, &e);
-                return None;
+        let welcome = if let Some(token) = hello.auth.as_deref() {
+            let staff = match self.hub.verify_staff(token).await {
+                Ok(s) => s,
+                Err(why) => {
+                    self.error(rf, ErrorCode::Unauthorized, &why);
+                    return Some(End::Close(close::UNAUTHORIZED, "staff sign-in refused"));
+                }
+            };
+            self.hub.hello_staff(self.outbox.clone(), staff).await
+        } else {
+            match self
+                .hub
+                .hello(self.outbox.clone(), hello.resume.as_deref(), self.addr_tag)
+                .await
+            {
+                Ok(w) => w,
+                Err(e) => {
+                    self.hub_error(rf, &e);
+                    return None;
+                }
             }
         };
         let cfg = self.hub.config();
@@ -450,7 +531,7 @@ impl Session {
             session: &welcome.token,
             you: &welcome.conn.member,
             resumed: welcome.resumed,
-            rooms: self.hub.room_list(),
+            rooms: self.hub.room_list().await,
             joined: welcome.joined,
             limits: Limits {
                 max_text_chars: cfg.limits.max_text_chars,
@@ -463,7 +544,15 @@ impl Session {
         }
         .encode();
         self.push(frame);
-        self.conn = Some(welcome.conn);
+        let mut conn = welcome.conn;
+        // For support resources in the person's language; a locale tag is
+        // short, anything longer is not one.
+        conn.locale = hello
+            .locale
+            .as_deref()
+            .filter(|l| !l.is_empty() && l.len() <= 35)
+            .map(Arc::from);
+        self.conn = Some(conn);
         None
     }
 }

@@ -8,6 +8,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -242,6 +244,11 @@ impl TestHub {
         &self.config_path
     }
 
+    /// The hub's `HEARTH_DATA_DIR` (durable files such as `audit.log`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// What the server wrote to stderr so far (its logs).
     pub fn stderr_log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
@@ -382,6 +389,50 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .await
         .unwrap_or_else(|_| panic!("GET {path} timed out"));
     parse_http_response(&raw)
+}
+
+/// A minimal HTTP/1.1 request over raw TCP with extra `headers` and a
+/// `body` (sent with `Content-Length` unless the method is GET or HEAD and
+/// the body is empty): `(status, body, headers)`, header names lower-cased.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, Vec<(String, String)>) {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || !matches!(method, "GET" | "HEAD") {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.expect("connect for HTTP");
+        s.write_all(req.as_bytes()).await.expect("write request");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.expect("read response");
+        raw
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} timed out"));
+    let (status, body) = parse_http_response(&raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, body, headers)
 }
 
 fn parse_http_response(raw: &[u8]) -> (u16, String) {
@@ -691,6 +742,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TestClient<S> {
         self.hello_with(json!({"type": "hello"})).await
     }
 
+    /// `hello` with a staff token in `auth`; returns the `welcome`.
+    pub async fn hello_auth(&mut self, token: &str) -> Value {
+        self.hello_with(json!({"type": "hello", "auth": token}))
+            .await
+    }
+
     /// `hello` with a resume token.
     pub async fn hello_resume(&mut self, token: &str) -> Value {
         self.hello_with(json!({"type": "hello", "resume": token}))
@@ -814,6 +871,26 @@ pub fn assert_error(v: &Value, code: &str) {
         !msg.trim().is_empty(),
         "error {code} without a readable message: {v}"
     );
+}
+
+/// Mints a staff token with `hearth token --role ROLE --name NAME --ttl TTL`
+/// signed with `secret` (as `HEARTH_STAFF_SECRET`); panics when it fails.
+pub fn mint_staff_token(secret: &str, role: &str, name: &str, ttl: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "--role", role, "--name", name, "--ttl", ttl])
+        .env("HEARTH_STAFF_SECRET", secret)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hearth token");
+    assert!(
+        out.status.success(),
+        "hearth token failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!token.is_empty(), "hearth token printed nothing");
+    token
 }
 
 /// Runs `hearth check-config --config PATH`: `(success, stdout, stderr)`.

@@ -6,8 +6,6 @@
 //! change room state; `/ws` hands the socket to `session`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
@@ -18,6 +16,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod staff_api;
 
 use crate::hub::HubHandle;
 use crate::metrics::Metrics;
@@ -30,15 +30,14 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Sessions are spawned through this so shutdown can wait for them.
     pub tracker: TaskTracker,
-    pub ready: Arc<AtomicBool>,
 }
 
 /// A refusal shown to HTTP clients: a code and a sentence, internals stay in logs.
 pub struct ApiError {
-    status: StatusCode,
-    code: ErrorCode,
-    message: String,
-    retry_after_ms: Option<u64>,
+    pub(crate) status: StatusCode,
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+    pub(crate) retry_after_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -74,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/rooms", get(rooms))
+        .merge(staff_api::routes())
         .with_state(state)
 }
 
@@ -89,7 +89,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {
-    if app.ready.load(Ordering::Relaxed) && !app.shutdown.is_cancelled() {
+    if app.hub.is_ready() && !app.shutdown.is_cancelled() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -112,7 +112,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
 }
 
 async fn rooms(State(app): State<AppState>) -> Response {
-    Json(serde_json::json!({ "rooms": app.hub.room_list() })).into_response()
+    Json(serde_json::json!({ "rooms": app.hub.room_list().await })).into_response()
 }
 
 /// Whether a browser page at `origin` may open a socket here. Non-browser
@@ -166,9 +166,11 @@ async fn ws(
             retry_after_ms: None,
         });
     }
-    if let Err(l) = app.hub.limiters().address_connect(addr.ip()) {
-        Metrics::inc(&metrics.rate_limited_address);
-        return Err(ApiError {
+    let addr_tag = match app.hub.limiters().address_connect(addr.ip()) {
+        Ok(tag) => tag,
+        Err(l) => {
+            Metrics::inc(&metrics.rate_limited_address);
+            return Err(ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             code: ErrorCode::RateLimited,
             message:
@@ -176,7 +178,8 @@ async fn ws(
                     .into(),
             retry_after_ms: Some(l.retry_after_ms()),
         });
-    }
+        }
+    };
     let w = &cfg.websocket;
     let hub = app.hub.clone();
     let shutdown = app.shutdown.clone();
@@ -187,7 +190,9 @@ async fn ws(
         .max_write_buffer_size(w.max_write_buffer_bytes)
         .max_message_size(w.max_frame_bytes)
         .max_frame_size(w.max_frame_bytes)
-        .on_upgrade(move |socket| tracker.track_future(session::run(socket, hub, shutdown))))
+        .on_upgrade(move |socket| {
+            tracker.track_future(session::run(socket, hub, shutdown, addr_tag))
+        }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,91 @@
+//! The safety step of the send pipeline: asks `safety` for its judgement
+//! on a message and carries out what follows from it for the people
+//! involved: the private `support` event for the sender, and the `flag` for
+//! watching staff. Escalations build on this step.
+//!
+//! It decides nothing itself (the classifier and the `[safety]` config do)
+//! and never punishes a disclosure: distress alone never blocks a message.
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::json;
+
+use super::rooms::Room;
+use super::{Conn, HubHandle};
+use crate::config::LevelAction;
+use crate::fanout::EventKind;
+use crate::metrics::Metrics;
+use crate::safety::classifier::{Assessment, Level, Policy};
+use crate::safety::{support, Verdict};
+
+impl HubHandle {
+    /// Judges a message about to be sent, tells the sender and staff what
+    /// they need to know, and returns what happens to the message.
+    pub(super) async fn assess(
+        &self,
+        conn: &Conn,
+        room: &Room,
+        room_id: &str,
+        id: &str,
+        text: &str,
+    ) -> Verdict {
+        let h = &self.inner;
+        let a = h.classifier.assess(text, room_id);
+        let verdict = self.verdict_for(&a);
+        let crisis = a.level > Level::None;
+        if crisis || a.help_seeking {
+            let cfg = &h.cfg.safety;
+            let locale = conn.locale.as_deref();
+            let frame = json!({
+                "type": "support",
+                "level": a.level.as_str(),
+                "text": support::support_text(cfg, a.level, locale),
+                "resources": support::resources_for(cfg, locale),
+            })
+            .to_string();
+            h.rooms.push(&conn.outbox, frame.into());
+            Metrics::inc(&h.metrics.support_sent);
+        }
+        if crisis || matches!(a.policy, Some(Policy::Method | Policy::Urging)) {
+            let frame: Utf8Bytes = json!({
+                "type": "flag",
+                "room": room_id,
+                "message": id,
+                "level": a.level.as_str(),
+                "categories": a.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                "policy": a.policy.map(|p| p.as_str()),
+                "held": verdict == Verdict::Hold,
+                "blocked": matches!(verdict, Verdict::Block(_)),
+                "from": {"id": conn.member.id, "name": conn.member.name},
+                "signals": a.signals,
+            })
+            .to_string()
+            .into();
+            self.room_event(room.idx, "", &frame, EventKind::Staff)
+                .await;
+            Metrics::inc(&h.metrics.flags);
+        }
+        verdict
+    }
+
+    /// Policy first (contact, links and sourcing are blocked; method and
+    /// urging held), then what the config says for the crisis level.
+    fn verdict_for(&self, a: &Assessment) -> Verdict {
+        match a.policy {
+            Some(Policy::Contact | Policy::Link | Policy::Sourcing) => a.verdict(),
+            Some(Policy::Method | Policy::Urging) => Verdict::Hold,
+            None => {
+                let cfg = &self.inner.cfg.safety;
+                let action = match a.level {
+                    Level::None => LevelAction::Deliver,
+                    Level::Concern => cfg.concern,
+                    Level::High => cfg.high,
+                    Level::Imminent => cfg.imminent,
+                };
+                match action {
+                    LevelAction::Deliver => Verdict::Deliver,
+                    LevelAction::Hold => Verdict::Hold,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,2714 @@
+//! The crisis classifier and the tier-0 policy filters (the safety issue).
+//!
+//! Owns: loading and validating the phrase lexicons in `config/safety/*.toml`,
+//! compiling them into one Aho-Corasick automaton, and judging one message:
+//! `Classifier::assess(text, room)` → `Assessment` (crisis level, categories,
+//! policy hit, help-seeking, the rule families that fired) and
+//! `Assessment::verdict()`.
+//!
+//! Must not touch: the hub, rooms, sessions, storage or the network. It is
+//! pure and does no I/O after construction; the caller decides what a level
+//! means (support reply, flag, escalation). It never changes the message.
+//!
+//! How a message is judged:
+//! 1. `normalize` folds it (case, accents, leetspeak, spaced letters, masks,
+//!    repeats) into tokens with sentence and clause boundaries.
+//! 2. One overlapping automaton pass finds every lexicon phrase; each phrase
+//!    belongs to a *family* (ideation, means, timeframe, negation, idiom…).
+//! 3. Combos from config join two families that occur near each other into
+//!    a third (`use_verb` + `alone` → `overdose_risk`).
+//! 4. Modifiers remove what does not count: idioms and quotes, laughter next
+//!    to hyperbole-prone slang, gaming talk, negation that really scopes the
+//!    phrase, past and recovery talk, habitual time words.
+//! 5. Ladders per category turn what is left into a level. Severity rises
+//!    with means, timeframe, preparation and goodbyes; deferral ("not today.
+//!    tomorrow …") counts as intent, not as negation. Risk to someone else is
+//!    judged on its own ladder and adds `third_party`.
+//! 6. Policy filters look for contact details, links, drug sourcing, method
+//!    details and urging, judged separately from the level.
+//!
+//! Which words do what lives in config; this file holds only the roles of
+//! the families and the ladders, so the rules can grow without code changes.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use serde::Deserialize;
+
+use super::normalize::{fold_into, FoldOptions, FoldScratch, Folded, MaskIndex, TokKind};
+use super::policy as scan;
+use super::Verdict;
+
+// ---------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------
+
+/// Crisis risk shown by a message, for the writer or a named third party.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    #[default]
+    None,
+    Concern,
+    High,
+    Imminent,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::None => "none",
+            Level::Concern => "concern",
+            Level::High => "high",
+            Level::Imminent => "imminent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Level> {
+        Some(match s {
+            "none" => Level::None,
+            "concern" => Level::Concern,
+            "high" => Level::High,
+            "imminent" => Level::Imminent,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Kind of risk. Listed in this order; `ThirdParty` never comes alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Category {
+    Suicide,
+    SelfHarm,
+    Overdose,
+    Abuse,
+    ThirdParty,
+}
+
+impl Category {
+    pub const ALL: [Category; 5] = [
+        Category::Suicide,
+        Category::SelfHarm,
+        Category::Overdose,
+        Category::Abuse,
+        Category::ThirdParty,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Suicide => "suicide",
+            Category::SelfHarm => "self_harm",
+            Category::Overdose => "overdose",
+            Category::Abuse => "abuse",
+            Category::ThirdParty => "third_party",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Category> {
+        Category::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A tier-0 policy hit, judged separately from the level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Phone numbers, e-mail addresses, handles, "add me on snap".
+    Contact,
+    /// URLs, shorteners, spelled-out links.
+    Link,
+    /// Asking for or offering drugs or a dealer.
+    Sourcing,
+    /// Counts or doses of a drug or means in a harm context, lethality
+    /// questions, dosing instructions.
+    Method,
+    /// Telling someone to hurt or kill themselves.
+    Urging,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Contact => "contact",
+            Policy::Link => "link",
+            Policy::Sourcing => "sourcing",
+            Policy::Method => "method",
+            Policy::Urging => "urging",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Policy> {
+        Some(match s {
+            "contact" => Policy::Contact,
+            "link" => Policy::Link,
+            "sourcing" => Policy::Sourcing,
+            "method" => Policy::Method,
+            "urging" => Policy::Urging,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The judgement on one message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assessment {
+    pub level: Level,
+    /// In `Category` order; empty exactly when `level` is `None`.
+    pub categories: Vec<Category>,
+    pub policy: Option<Policy>,
+    /// The writer asks for help or resources (a support reply is due even at
+    /// level `None`).
+    pub help_seeking: bool,
+    /// Rule families and policy rules that decided the result, for staff and
+    /// for tests. Stable names from the config schema.
+    pub signals: Vec<&'static str>,
+}
+
+impl Assessment {
+    /// The corpus README's verdict rules, in order: contact, link and
+    /// sourcing block; method and urging hold; otherwise imminent holds.
+    /// A block never cancels the crisis side: the caller still sends the
+    /// support reply and raises the flag for any level above `None`.
+    pub fn verdict(&self) -> Verdict {
+        match self.policy {
+            Some(Policy::Contact) => Verdict::Block(
+                "Contact details can't be shared here. Hearth keeps everyone anonymous, \
+                 so please keep talking in the room.",
+            ),
+            Some(Policy::Link) => Verdict::Block(
+                "Links can't be posted here (help-line sites are fine). \
+                 You can describe what helped instead.",
+            ),
+            Some(Policy::Sourcing) => {
+                Verdict::Block("Messages about getting or selling drugs can't be posted here.")
+            }
+            Some(Policy::Method) | Some(Policy::Urging) => Verdict::Hold,
+            None if self.level == Level::Imminent => Verdict::Hold,
+            None => Verdict::Deliver,
+        }
+    }
+}
+
+/// Why the safety config cannot be used. Every variant names the file and
+/// the key so a bad edit is found at once.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{dir}: no *.toml safety config files found")]
+    NoFiles { dir: String },
+    #[error("{file}: invalid TOML: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: [lexicon.{family}]: unknown family (known: {known})")]
+    UnknownFamily {
+        file: String,
+        family: String,
+        known: String,
+    },
+    #[error("{file}: {key}: unknown family {family:?}")]
+    UnknownReference {
+        file: String,
+        key: String,
+        family: String,
+    },
+    #[error("{file}: {key}: the list is empty")]
+    EmptyList { file: String, key: String },
+    #[error("{file}: {key}: phrase {phrase:?} is empty after normalisation")]
+    EmptyPhrase {
+        file: String,
+        key: String,
+        phrase: String,
+    },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+    #[error("the safety config defines no phrases at all")]
+    NoPhrases,
+    #[error("cannot build the phrase matcher: {0}")]
+    Build(String),
+}
+
+// ---------------------------------------------------------------------------
+// Families: the fixed vocabulary of roles the config can fill
+// ---------------------------------------------------------------------------
+
+macro_rules! families {
+    ($($v:ident => $n:literal),* $(,)?) => {
+        /// A signal family. Its role is fixed here; its phrases live in config.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        enum Fam { $($v),* }
+        const FAMILIES: &[(Fam, &str)] = &[$((Fam::$v, $n)),*];
+    };
+}
+
+families! {
+    // Risk: each has a category and a base level (see `Fam::risk`).
+    IdeationActive => "ideation_active",
+    IdeationPassive => "ideation_passive",
+    Hopelessness => "hopelessness",
+    Indifference => "indifference",
+    MethodAct => "method_act",
+    MethodResearch => "method_research",
+    Lethality => "lethality",
+    Stockpile => "stockpile",
+    AttemptNow => "attempt_now",
+    SelfHarmAct => "self_harm_act",
+    SelfHarmUrge => "self_harm_urge",
+    SelfHarmSevere => "self_harm_severe",
+    OverdoseRisk => "overdose_risk",
+    Relapse => "relapse",
+    OverdoseNow => "overdose_now",
+    AbuseAct => "abuse_act",
+    AbuseControl => "abuse_control",
+    AbuseFear => "abuse_fear",
+    AbuseThreat => "abuse_threat",
+    // Raisers: no level of their own; they raise a risk that is present.
+    MeansAtHand => "means_at_hand",
+    MeansEmoji => "means_emoji",
+    Timeframe => "timeframe",
+    Opportunity => "opportunity",
+    Preparation => "preparation",
+    Goodbye => "goodbye",
+    Finality => "finality",
+    Intent => "intent",
+    LocationNow => "location_now",
+    Isolation => "isolation",
+    Unreachable => "unreachable",
+    Rumination => "rumination",
+    HappeningNow => "happening_now",
+    Deferral => "deferral",
+    IntentDenial => "intent_denial",
+    // Modifiers.
+    Negation => "negation",
+    NegationPseudo => "negation_pseudo",
+    ScopeEnd => "scope_end",
+    Past => "past",
+    Present => "present",
+    Recovery => "recovery",
+    Idiom => "idiom",
+    Levity => "levity",
+    Gaming => "gaming",
+    Serious => "serious",
+    Habitual => "habitual",
+    GriefOther => "grief_other",
+    HelpSeeking => "help_seeking",
+    SubjectSelf => "subject_self",
+    SubjectOther => "subject_other",
+    HarmReduction => "harm_reduction",
+    Treatment => "treatment",
+    // Helpers: only meaningful through combos and the quantity rule.
+    Drug => "drug",
+    Alcohol => "alcohol",
+    UseVerb => "use_verb",
+    Alone => "alone",
+    MixVerb => "mix_verb",
+    Acquire => "acquire",
+    Dealer => "dealer",
+    Offer => "offer",
+    OutsidePrescription => "outside_prescription",
+    ContactVerb => "contact_verb",
+    Platform => "platform",
+    Means => "means",
+    Possession => "possession",
+    Ingest => "ingest",
+    OdSymptom => "od_symptom",
+    Recreational => "recreational",
+    DosingHowto => "dosing_howto",
+    WhenWord => "when_word",
+    Absence => "absence",
+    AbuseVerb => "abuse_verb",
+    Relative => "relative",
+    TimeUnit => "time_unit",
+    MinutesUnit => "minutes_unit",
+    LongUnit => "long_unit",
+    Ago => "ago",
+    InWord => "in_word",
+    Container => "container",
+    DoseUnit => "dose_unit",
+    HowMany => "how_many",
+    DoseQuestion => "dose_question",
+    IdeationVerb => "ideation_verb",
+    MethodVerb => "method_verb",
+    SuicideWord => "suicide_word",
+    AtWord => "at_word",
+    Bulk => "bulk",
+    IngestBulk => "ingest_bulk",
+    InNumber => "in_number",
+    Number => "number",
+    Year => "year",
+    EmailWord => "email_word",
+    DotWord => "dot_word",
+    Tld => "tld",
+    // Policy.
+    Urging => "urging",
+    Sourcing => "sourcing",
+    ContactRequest => "contact_request",
+}
+
+const _: () = assert!(FAMILIES.len() <= 128);
+
+impl Fam {
+    fn name(self) -> &'static str {
+        FAMILIES
+            .get(self as usize)
+            .map(|(_, n)| *n)
+            .unwrap_or("unknown")
+    }
+
+    fn from_name(name: &str) -> Option<Fam> {
+        FAMILIES.iter().find(|(_, n)| *n == name).map(|(f, _)| *f)
+    }
+
+    /// Families filled by the classifier itself, never by a lexicon list.
+    fn is_internal(self) -> bool {
+        matches!(self, Fam::Number | Fam::Year)
+    }
+
+    /// Category and base level of a risk family.
+    fn risk(self) -> Option<(Category, Level)> {
+        use Category::*;
+        Some(match self {
+            Fam::IdeationActive | Fam::MethodAct | Fam::MethodResearch | Fam::Lethality => {
+                (Suicide, Level::High)
+            }
+            Fam::Stockpile => (Suicide, Level::High),
+            Fam::IdeationPassive | Fam::Hopelessness | Fam::Indifference => {
+                (Suicide, Level::Concern)
+            }
+            Fam::AttemptNow => (Suicide, Level::Imminent),
+            Fam::SelfHarmAct => (SelfHarm, Level::High),
+            Fam::SelfHarmUrge => (SelfHarm, Level::Concern),
+            Fam::SelfHarmSevere => (SelfHarm, Level::Imminent),
+            Fam::OverdoseRisk | Fam::Relapse => (Overdose, Level::High),
+            Fam::OverdoseNow => (Overdose, Level::Imminent),
+            Fam::AbuseAct | Fam::AbuseThreat => (Abuse, Level::High),
+            Fam::AbuseControl | Fam::AbuseFear => (Abuse, Level::Concern),
+            _ => return None,
+        })
+    }
+
+    fn is_raiser(self) -> bool {
+        matches!(
+            self,
+            Fam::MeansAtHand
+                | Fam::MeansEmoji
+                | Fam::Timeframe
+                | Fam::Opportunity
+                | Fam::Preparation
+                | Fam::Goodbye
+                | Fam::Finality
+                | Fam::Intent
+                | Fam::LocationNow
+                | Fam::Isolation
+                | Fam::Unreachable
+                | Fam::Rumination
+                | Fam::HappeningNow
+        )
+    }
+
+    /// Families whose meaning a negation cue in front of them reverses.
+    fn negatable(self) -> bool {
+        // A farewell is not undone by a "won't" near it ("won't need it
+        // where i'm going").
+        if matches!(self, Fam::Goodbye | Fam::Finality) {
+            return false;
+        }
+        self.risk().is_some()
+            || self.is_raiser()
+            || matches!(
+                self,
+                Fam::HelpSeeking | Fam::Urging | Fam::Sourcing | Fam::ContactRequest
+            )
+    }
+
+    /// Families that belong to a person (the writer or someone else), as
+    /// opposed to time words that apply to the whole message.
+    fn has_person(self) -> bool {
+        (self.risk().is_some() || self.is_raiser())
+            && !matches!(
+                self,
+                Fam::Timeframe
+                    | Fam::Opportunity
+                    | Fam::HappeningNow
+                    | Fam::MeansAtHand
+                    | Fam::MeansEmoji
+            )
+    }
+
+    fn bit(self) -> u128 {
+        1u128 << (self as u32)
+    }
+
+    fn is_helper(self) -> bool {
+        (Fam::Drug as u8..=Fam::Tld as u8).contains(&(self as u8))
+    }
+
+    fn is_abuse(self) -> bool {
+        matches!(
+            self,
+            Fam::AbuseAct | Fam::AbuseControl | Fam::AbuseFear | Fam::AbuseThreat
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Config schema
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    /// Informational (`en`, `es`, `common`).
+    #[serde(default)]
+    #[allow(dead_code)]
+    language: Option<String>,
+    #[serde(default)]
+    lexicon: BTreeMap<String, FamilyConfig>,
+    #[serde(default)]
+    combo: Vec<ComboConfig>,
+    #[serde(default)]
+    allow: Option<AllowConfig>,
+    /// Number words and their values, for spelled-out phone numbers and
+    /// quantities (`seis` = 6, `treinta` = 30).
+    #[serde(default)]
+    numbers: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FamilyConfig {
+    /// Person taken from context (the nearest subject before the phrase).
+    phrases: Option<Vec<String>>,
+    /// First-person forms: always about the writer.
+    #[serde(rename = "self")]
+    me: Option<Vec<String>>,
+    /// Third-person forms: always about someone else.
+    other: Option<Vec<String>>,
+    /// First-person forms that are often hyperbole ("kms", "me quiero
+    /// morir"): dropped next to laughter, and not escalated alone.
+    loose: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowConfig {
+    /// Help and emergency lines shared as a resource, never "contact".
+    numbers: Option<Vec<String>>,
+    /// Help-line sites, never "link". Subdomains are allowed too.
+    domains: Option<Vec<String>>,
+    /// Top-level domains that make a bare `word.tld` a link.
+    tlds: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Scope {
+    Clause,
+    #[default]
+    Sentence,
+    Message,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum PersonRule {
+    #[default]
+    Inherit,
+    #[serde(rename = "self")]
+    Me,
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComboConfig {
+    id: String,
+    first: String,
+    then: String,
+    /// Most tokens allowed between the two.
+    within: u32,
+    /// `then` must follow `first`.
+    #[serde(default)]
+    ordered: bool,
+    #[serde(default)]
+    scope: Scope,
+    yields: String,
+    #[serde(default)]
+    person: PersonRule,
+    /// The combo fires only if one of these families is also present...
+    #[serde(default)]
+    needs_any: Vec<String>,
+    /// ...unless the message was sent in this room.
+    #[serde(default)]
+    room: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Compiled classifier
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Person {
+    Neutral,
+    Me,
+    Other,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    fam: Fam,
+    person: Person,
+    loose: bool,
+    prefix: bool,
+    value: u32,
+}
+
+#[derive(Debug)]
+struct Combo {
+    first: Fam,
+    then: Fam,
+    within: u32,
+    ordered: bool,
+    scope: Scope,
+    yields: Fam,
+    person: PersonRule,
+    needs_any: Vec<Fam>,
+    room: Option<String>,
+}
+
+/// The compiled lexicons, combos and allow-lists. Cheap to share behind an
+/// `Arc`; `assess` takes `&self` and is safe to call from many threads.
+#[derive(Debug)]
+pub struct Classifier {
+    ac: AhoCorasick,
+    entries: Vec<Vec<Entry>>,
+    combos: Vec<Combo>,
+    mask: MaskIndex,
+    allow_numbers: Vec<String>,
+    allow_domains: Vec<String>,
+    tlds: Vec<String>,
+}
+
+/// The config shipped in the binary, in load order.
+const BUILTIN: &[(&str, &str)] = &[
+    (
+        "config/safety/common.toml",
+        include_str!("../../config/safety/common.toml"),
+    ),
+    (
+        "config/safety/en.toml",
+        include_str!("../../config/safety/en.toml"),
+    ),
+    (
+        "config/safety/es.toml",
+        include_str!("../../config/safety/es.toml"),
+    ),
+];
+
+impl Classifier {
+    /// The classifier compiled from the config embedded at build time, so
+    /// the binary works without its source tree.
+    pub fn builtin() -> Result<Classifier, ConfigError> {
+        Classifier::from_sources(BUILTIN.iter().map(|(n, s)| (*n, *s)))
+    }
+
+    /// Loads every `*.toml` in `dir` (in name order) and compiles them.
+    pub fn from_dir(dir: &Path) -> Result<Classifier, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            file: dir.display().to_string(),
+            source,
+        };
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .map_err(read_err)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(ConfigError::NoFiles {
+                dir: dir.display().to_string(),
+            });
+        }
+        let mut files = Vec::with_capacity(paths.len());
+        for p in paths {
+            let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
+                file: p.display().to_string(),
+                source,
+            })?;
+            files.push((p.display().to_string(), text));
+        }
+        Classifier::from_sources(files.iter().map(|(n, s)| (n.as_str(), s.as_str())))
+    }
+
+    /// Compiles config given as `(file name, TOML text)` pairs.
+    pub fn from_sources<'a>(
+        files: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Classifier, ConfigError> {
+        let mut b = Builder::default();
+        for (name, text) in files {
+            let cfg: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+                file: name.to_string(),
+                message: e.to_string(),
+            })?;
+            b.add_file(name, cfg)?;
+        }
+        b.finish()
+    }
+
+    /// A human-readable trace of how `text` was judged: the folded text and
+    /// every phrase hit (dead ones marked), for tuning the config. Slow;
+    /// never call it on the send path.
+    pub fn explain(&self, text: &str, room: &str) -> String {
+        use fmt::Write as _;
+        let mut s = Scratch::default();
+        let a = self.assess_with(&mut s, text, room);
+        let mut out = String::new();
+        let _ = writeln!(out, "folded: {}", s.folded.text);
+        for h in &s.hits {
+            let words: Vec<&str> = (h.s..h.e).map(|i| s.folded.tok_text(i as usize)).collect();
+            let _ = writeln!(
+                out,
+                "  {}{:<20} {:?}{} {:?}",
+                if h.dead { "x " } else { "  " },
+                h.fam.name(),
+                h.person,
+                if h.loose { " loose" } else { "" },
+                words.join(" ")
+            );
+        }
+        let _ = writeln!(out, "=> {a:?}");
+        out
+    }
+
+    /// Judges one prepared message sent in `room`.
+    pub fn assess(&self, text: &str, room: &str) -> Assessment {
+        thread_local! {
+            static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+        }
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut s) => self.assess_with(&mut s, text, room),
+            // Re-entered on this thread (cannot happen today): use fresh
+            // buffers rather than fail.
+            Err(_) => self.assess_with(&mut Scratch::default(), text, room),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    patterns: Vec<String>,
+    index: HashMap<String, usize>,
+    entries: Vec<Vec<Entry>>,
+    combos: Vec<Combo>,
+    mask: MaskIndex,
+    allow_numbers: Vec<String>,
+    allow_domains: Vec<String>,
+    tlds: Vec<String>,
+    fold: FoldScratch,
+    folded: Folded,
+}
+
+impl Builder {
+    fn fold(&mut self, phrase: &str, collapse: bool) -> String {
+        let opts = FoldOptions {
+            collapse,
+            mask: None,
+        };
+        fold_into(phrase, opts, &mut self.fold, &mut self.folded);
+        self.folded.text.clone()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_phrase(
+        &mut self,
+        file: &str,
+        key: &str,
+        phrase: &str,
+        fam: Fam,
+        person: Person,
+        loose: bool,
+        value: u32,
+    ) -> Result<(), ConfigError> {
+        let trimmed = phrase.trim();
+        let (body, prefix) = match trimmed.strip_suffix('*') {
+            Some(b) => (b, true),
+            None => (trimmed, false),
+        };
+        if body.contains('*') {
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                key: key.to_string(),
+                message: format!(
+                    "phrase {phrase:?}: `*` is allowed only at the end (prefix match)"
+                ),
+            });
+        }
+        let raw_words = self.fold(body, false);
+        for w in raw_words.split(' ') {
+            self.mask.insert(w);
+        }
+        let pattern = self.fold(body, true);
+        if pattern.is_empty() {
+            return Err(ConfigError::EmptyPhrase {
+                file: file.to_string(),
+                key: key.to_string(),
+                phrase: phrase.to_string(),
+            });
+        }
+        let id = match self.index.get(&pattern) {
+            Some(id) => *id,
+            None => {
+                let id = self.patterns.len();
+                self.index.insert(pattern.clone(), id);
+                self.patterns.push(pattern);
+                self.entries.push(Vec::new());
+                id
+            }
+        };
+        let entry = Entry {
+            fam,
+            person,
+            loose,
+            prefix,
+            value,
+        };
+        let list = &mut self.entries[id];
+        if !list
+            .iter()
+            .any(|e| e.fam == fam && e.person == person && e.prefix == prefix && e.loose == loose)
+        {
+            list.push(entry);
+        }
+        Ok(())
+    }
+
+    fn add_file(&mut self, file: &str, cfg: FileConfig) -> Result<(), ConfigError> {
+        for (family, lists) in &cfg.lexicon {
+            let fam = Fam::from_name(family).ok_or_else(|| ConfigError::UnknownFamily {
+                file: file.to_string(),
+                family: family.clone(),
+                known: FAMILIES
+                    .iter()
+                    .filter(|(f, _)| !f.is_internal())
+                    .map(|(_, n)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+            if fam.is_internal() {
+                return Err(ConfigError::Invalid {
+                    file: file.to_string(),
+                    key: format!("lexicon.{family}"),
+                    message: "this family is filled by the classifier, not by phrases".into(),
+                });
+            }
+            let groups = [
+                ("phrases", &lists.phrases, Person::Neutral, false),
+                ("self", &lists.me, Person::Me, false),
+                ("other", &lists.other, Person::Other, false),
+                ("loose", &lists.loose, Person::Me, true),
+            ];
+            if groups.iter().all(|(_, l, _, _)| l.is_none()) {
+                return Err(ConfigError::EmptyList {
+                    file: file.to_string(),
+                    key: format!("lexicon.{family}"),
+                });
+            }
+            for (name, list, person, loose) in groups {
+                let Some(list) = list else { continue };
+                let key = format!("lexicon.{family}.{name}");
+                if list.is_empty() {
+                    return Err(ConfigError::EmptyList {
+                        file: file.to_string(),
+                        key,
+                    });
+                }
+                for phrase in list {
+                    self.add_phrase(file, &key, phrase, fam, person, loose, 0)?;
+                }
+            }
+        }
+        for (word, value) in &cfg.numbers {
+            let key = format!("numbers.{word}");
+            let folded = self.fold(word, true);
+            if folded.is_empty() || folded.contains(' ') {
+                return Err(ConfigError::Invalid {
+                    file: file.to_string(),
+                    key,
+                    message: "a number word must be one word".into(),
+                });
+            }
+            if *value > 1000 {
+                return Err(ConfigError::Invalid {
+                    file: file.to_string(),
+                    key,
+                    message: "values above 1000 are not supported".into(),
+                });
+            }
+            self.add_phrase(
+                file,
+                &key,
+                word,
+                Fam::Number,
+                Person::Neutral,
+                false,
+                *value,
+            )?;
+        }
+        if let Some(allow) = &cfg.allow {
+            if let Some(numbers) = &allow.numbers {
+                if numbers.is_empty() {
+                    return Err(ConfigError::EmptyList {
+                        file: file.to_string(),
+                        key: "allow.numbers".into(),
+                    });
+                }
+                for n in numbers {
+                    let digits: String = n.chars().filter(char::is_ascii_digit).collect();
+                    if digits.is_empty() {
+                        return Err(ConfigError::Invalid {
+                            file: file.to_string(),
+                            key: "allow.numbers".into(),
+                            message: format!("{n:?} has no digits"),
+                        });
+                    }
+                    self.allow_numbers.push(digits);
+                }
+            }
+            for (key, list, out) in [
+                ("allow.domains", &allow.domains, &mut self.allow_domains),
+                ("allow.tlds", &allow.tlds, &mut self.tlds),
+            ] {
+                let Some(list) = list else { continue };
+                if list.is_empty() {
+                    return Err(ConfigError::EmptyList {
+                        file: file.to_string(),
+                        key: key.into(),
+                    });
+                }
+                for d in list {
+                    let d = d.trim().trim_start_matches('.').to_ascii_lowercase();
+                    if d.is_empty() || d.contains(char::is_whitespace) {
+                        return Err(ConfigError::Invalid {
+                            file: file.to_string(),
+                            key: key.into(),
+                            message: format!("{d:?} is not a domain"),
+                        });
+                    }
+                    out.push(d);
+                }
+            }
+        }
+        for (i, c) in cfg.combo.iter().enumerate() {
+            let fam = |key: &str, name: &str| {
+                Fam::from_name(name).ok_or_else(|| ConfigError::UnknownReference {
+                    file: file.to_string(),
+                    key: format!("combo[{i}] ({}).{key}", c.id),
+                    family: name.to_string(),
+                })
+            };
+            if c.within > 64 {
+                return Err(ConfigError::Invalid {
+                    file: file.to_string(),
+                    key: format!("combo[{i}] ({}).within", c.id),
+                    message: "at most 64 tokens".into(),
+                });
+            }
+            let needs_any = c
+                .needs_any
+                .iter()
+                .map(|n| fam("needs_any", n))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.combos.push(Combo {
+                first: fam("first", &c.first)?,
+                then: fam("then", &c.then)?,
+                within: c.within,
+                ordered: c.ordered,
+                scope: c.scope,
+                yields: fam("yields", &c.yields)?,
+                person: c.person,
+                needs_any,
+                room: c.room.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Classifier, ConfigError> {
+        if self.patterns.is_empty() {
+            return Err(ConfigError::NoPhrases);
+        }
+        self.mask.finish();
+        // A contiguous NFA is as fast here as a DFA (a few hundred
+        // nanoseconds per message) at a twentieth of the memory (~0.5 MiB).
+        let ac = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
+            .build(&self.patterns)
+            .or_else(|_| {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::Standard)
+                    .build(&self.patterns)
+            })
+            .map_err(|e| ConfigError::Build(e.to_string()))?;
+        Ok(Classifier {
+            ac,
+            entries: self.entries,
+            combos: self.combos,
+            mask: self.mask,
+            allow_numbers: self.allow_numbers,
+            allow_domains: self.allow_domains,
+            tlds: self.tlds,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Judging one message
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+struct Hit {
+    fam: Fam,
+    /// Token range `[s, e)`.
+    s: u32,
+    e: u32,
+    person: Person,
+    loose: bool,
+    dead: bool,
+    /// The hit involves a drug (adds `overdose` to suicide-ladder signals).
+    drug: bool,
+    value: u32,
+}
+
+impl Hit {
+    fn new(fam: Fam, s: u32, e: u32, person: Person) -> Hit {
+        Hit {
+            fam,
+            s,
+            e,
+            person,
+            loose: false,
+            dead: false,
+            drug: false,
+            value: 0,
+        }
+    }
+
+    fn overlaps(&self, o: &Hit) -> bool {
+        self.s < o.e && o.s < self.e
+    }
+}
+
+#[derive(Default)]
+struct Scratch {
+    fold: FoldScratch,
+    folded: Folded,
+    hits: Vec<Hit>,
+    signals: Vec<&'static str>,
+}
+
+/// Word tokens allowed between a negation cue and the phrase it negates.
+const NEGATION_WINDOW: u32 = 4;
+/// Tokens around a drug word searched for its count or dose.
+const QUANTITY_WINDOW: u32 = 6;
+/// A count of tablets at or above this is a lethal-quantity signal.
+const LETHAL_COUNT: u32 = 10;
+
+struct Ctx<'a> {
+    c: &'a Classifier,
+    f: &'a Folded,
+    hits: &'a mut Vec<Hit>,
+    room: &'a str,
+}
+
+impl Classifier {
+    fn assess_with(&self, s: &mut Scratch, text: &str, room: &str) -> Assessment {
+        let opts = FoldOptions {
+            collapse: true,
+            mask: Some(&self.mask),
+        };
+        fold_into(text, opts, &mut s.fold, &mut s.folded);
+        s.hits.clear();
+        s.signals.clear();
+        let mut cx = Ctx {
+            c: self,
+            f: &s.folded,
+            hits: &mut s.hits,
+            room,
+        };
+        cx.match_lexicon();
+        cx.suppress_overlaps();
+        cx.apply_combos();
+        // Again, for what the combos produced ("go jump off a bridge" is
+        // urging even though a combo read a method into it).
+        cx.suppress_overlaps();
+        let quantity = cx.quantities();
+        cx.apply_modifiers();
+        cx.resolve_persons();
+        let (level, categories) = cx.ladders(&mut s.signals);
+        let help_seeking = cx.alive(Fam::HelpSeeking);
+        let policy = cx.policy(text, level, quantity, &mut s.signals);
+        let mut signals = Vec::with_capacity(s.signals.len());
+        for sig in s.signals.iter() {
+            if !signals.contains(sig) {
+                signals.push(*sig);
+            }
+        }
+        Assessment {
+            level,
+            categories,
+            policy,
+            help_seeking,
+            signals,
+        }
+    }
+}
+
+/// What the quantity rule found: a count or dose next to a drug word.
+#[derive(Clone, Copy, Debug, Default)]
+struct Quantity {
+    /// A count or dose paired with a drug outside a treatment context.
+    paired: bool,
+    /// A lethal count, or boxes/packs of something.
+    lethal: bool,
+}
+
+impl Ctx<'_> {
+    fn tok_count(&self) -> u32 {
+        u32::try_from(self.f.toks.len()).unwrap_or(u32::MAX)
+    }
+
+    fn sentence(&self, tok: u32) -> u32 {
+        self.f
+            .toks
+            .get(tok as usize)
+            .map(|t| t.sentence)
+            .unwrap_or(0)
+    }
+
+    fn clause(&self, tok: u32) -> u32 {
+        self.f.toks.get(tok as usize).map(|t| t.clause).unwrap_or(0)
+    }
+
+    fn text(&self, tok: u32) -> &str {
+        self.f.tok_text(tok as usize)
+    }
+
+    fn alive(&self, fam: Fam) -> bool {
+        self.hits.iter().any(|h| !h.dead && h.fam == fam)
+    }
+
+    fn alive_in_sentence(&self, fam: Fam, sentence: u32) -> bool {
+        self.hits
+            .iter()
+            .any(|h| !h.dead && h.fam == fam && self.sentence(h.s) == sentence)
+    }
+
+    /// Step 2: every lexicon phrase on word boundaries, plus number tokens.
+    fn match_lexicon(&mut self) {
+        let text = self.f.text.as_str();
+        let bytes = text.as_bytes();
+        let toks = &self.f.toks;
+        for m in self.c.ac.find_overlapping_iter(text) {
+            let (start, end) = (m.start(), m.end());
+            if start > 0 && bytes.get(start - 1) != Some(&b' ') {
+                continue;
+            }
+            let right_ok = end == bytes.len() || bytes.get(end) == Some(&b' ');
+            let s = toks.partition_point(|t| (t.start as usize) < start);
+            let e = toks.partition_point(|t| (t.start as usize) < end);
+            let (Ok(s), Ok(e)) = (u32::try_from(s), u32::try_from(e)) else {
+                continue;
+            };
+            let Some(entries) = self.c.entries.get(m.pattern().as_usize()) else {
+                continue;
+            };
+            for entry in entries {
+                if !entry.prefix && !right_ok {
+                    continue;
+                }
+                let mut h = Hit::new(entry.fam, s, e, entry.person);
+                h.loose = entry.loose;
+                h.value = entry.value;
+                self.hits.push(h);
+            }
+        }
+        for (i, t) in self.f.toks.iter().enumerate() {
+            let Ok(i) = u32::try_from(i) else { break };
+            // Numbers, and numbers glued to a unit (`50mg`, `3am`).
+            let Some(v) = t.value else { continue };
+            let mut h = Hit::new(Fam::Number, i, i + 1, Person::Neutral);
+            h.value = v;
+            self.hits.push(h);
+            let digits = self.text(i).len();
+            if t.kind == TokKind::Number && digits == 4 && (1950..=2035).contains(&v) {
+                self.hits
+                    .push(Hit::new(Fam::Year, i, i + 1, Person::Neutral));
+            }
+        }
+    }
+
+    /// Idioms and quotes swallow the risk words inside them; urging is about
+    /// the person addressed, so its words are not the sender's risk; a
+    /// request without a prescription is not a treatment context.
+    fn suppress_overlaps(&mut self) {
+        let n = self.hits.len();
+        // The longest risk phrase wins: "a bus hit me" is a passive wish,
+        // not abuse; "me pego cabezazos" is self-harm, not "me pegó". A
+        // hyperbole-prone phrase makes the phrases inside it hyperbole too
+        // ("me quiero morir" ⊃ "quiero morir").
+        for i in 0..n {
+            let a = self.hits[i];
+            if a.fam.risk().is_none() {
+                continue;
+            }
+            for j in 0..n {
+                let b = self.hits[j];
+                if i == j || b.fam.risk().is_none() || !(a.s <= b.s && a.e >= b.e) {
+                    continue;
+                }
+                if a.e - a.s > b.e - b.s && a.fam != b.fam {
+                    self.hits[j].dead = true;
+                } else if a.fam == b.fam && a.loose && !b.loose {
+                    self.hits[j].loose = true;
+                    self.hits[j].person = a.person;
+                }
+            }
+        }
+        for i in 0..n {
+            let h = self.hits[i];
+            let kills: fn(Fam) -> bool = match h.fam {
+                Fam::Idiom => |f| f != Fam::Idiom && f != Fam::Levity && f != Fam::Gaming,
+                Fam::Urging => |f| f.risk().is_some() || f.is_raiser(),
+                Fam::OutsidePrescription => |f| f == Fam::Treatment,
+                // A death being described is grief; its words are inert.
+                Fam::GriefOther => |f| f.risk().is_some() || f.is_raiser() || f.is_helper(),
+                Fam::NegationPseudo => |f| f == Fam::Negation,
+                _ => continue,
+            };
+            for j in 0..n {
+                if i != j && kills(self.hits[j].fam) && self.hits[j].overlaps(&h) {
+                    self.hits[j].dead = true;
+                }
+            }
+        }
+        // In a treatment context ("gp started me on …, anyone else feel
+        // sick?") side effects are not overdose symptoms.
+        for i in 0..n {
+            let h = self.hits[i];
+            if h.dead || h.fam != Fam::OdSymptom {
+                continue;
+            }
+            let sent = self.sentence(h.s);
+            if self.alive_in_sentence(Fam::Treatment, sent) {
+                self.hits[i].dead = true;
+            }
+        }
+    }
+
+    /// Step 3: join two families near each other into a third, in config
+    /// order, so a combo can build on an earlier one.
+    fn apply_combos(&mut self) {
+        // Families present, so combos whose parts are absent cost nothing.
+        let mut present = 0u128;
+        for h in self.hits.iter().filter(|h| !h.dead) {
+            present |= h.fam.bit();
+        }
+        for ci in 0..self.c.combos.len() {
+            let combo = &self.c.combos[ci];
+            if present & combo.first.bit() == 0 || present & combo.then.bit() == 0 {
+                continue;
+            }
+            let waived = combo.room.as_deref() == Some(self.room);
+            if !combo.needs_any.is_empty()
+                && !waived
+                && !combo.needs_any.iter().any(|f| self.alive(*f))
+            {
+                continue;
+            }
+            let n = self.hits.len();
+            for a in 0..n {
+                let ha = self.hits[a];
+                if ha.dead || ha.fam != combo.first {
+                    continue;
+                }
+                for b in 0..n {
+                    let hb = self.hits[b];
+                    if a == b || hb.dead || hb.fam != combo.then {
+                        continue;
+                    }
+                    let gap = if combo.ordered {
+                        if hb.s < ha.e {
+                            continue;
+                        }
+                        hb.s - ha.e
+                    } else if hb.s >= ha.e {
+                        hb.s - ha.e
+                    } else {
+                        // Before it, or overlapping (distance 0).
+                        ha.s.saturating_sub(hb.e)
+                    };
+                    if gap > combo.within {
+                        continue;
+                    }
+                    let same = match combo.scope {
+                        Scope::Clause => self.clause(ha.s) == self.clause(hb.s),
+                        Scope::Sentence => self.sentence(ha.s) == self.sentence(hb.s),
+                        Scope::Message => true,
+                    };
+                    if !same {
+                        continue;
+                    }
+                    let person = match combo.person {
+                        PersonRule::Me => Person::Me,
+                        PersonRule::Other => Person::Other,
+                        PersonRule::Inherit if ha.person != Person::Neutral => ha.person,
+                        PersonRule::Inherit => hb.person,
+                    };
+                    let mut y = Hit::new(combo.yields, ha.s.min(hb.s), ha.e.max(hb.e), person);
+                    y.drug = ha.drug
+                        || hb.drug
+                        || matches!(ha.fam, Fam::Drug)
+                        || matches!(hb.fam, Fam::Drug);
+                    y.value = ha.value.max(hb.value);
+                    self.hits.push(y);
+                    present |= combo.yields.bit();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A count or dose of a drug: `40 of my sertraline`, `2 boxes of
+    /// paracetamol`, `2mg of xanax`, `treinta clonas`. Time quantities
+    /// (`20 min`, `3am`, `9 months`) are not counts, and a treatment context
+    /// ("gp started me on 50mg") is not a harm context. Adds means at hand
+    /// for lethal counts and an attempt when the count was taken.
+    fn quantities(&mut self) -> Quantity {
+        let mut q = Quantity::default();
+        if !self.alive(Fam::Drug) || !self.alive(Fam::Number) {
+            return q;
+        }
+        let n = self.hits.len();
+        let last = self.tok_count();
+        for di in 0..n {
+            let d = self.hits[di];
+            if d.dead || d.fam != Fam::Drug {
+                continue;
+            }
+            let lo = d.s.saturating_sub(QUANTITY_WINDOW);
+            let hi = (d.e + QUANTITY_WINDOW).min(last);
+            for ni in 0..n {
+                let num = self.hits[ni];
+                if num.dead || num.fam != Fam::Number || num.s < lo || num.s >= hi {
+                    continue;
+                }
+                // Years and phone-sized numbers are not counts of pills.
+                let is_year = self.hits.iter().any(|y| y.fam == Fam::Year && y.s == num.s);
+                if is_year || num.value >= 1000 {
+                    continue;
+                }
+                if num.s >= d.s && num.s < d.e {
+                    continue;
+                }
+                let next = num.e;
+                let unit_after = |f: Fam| {
+                    self.hits
+                        .iter()
+                        .any(|h| !h.dead && h.fam == f && h.s == next)
+                };
+                if unit_after(Fam::TimeUnit)
+                    || unit_after(Fam::MinutesUnit)
+                    || unit_after(Fam::LongUnit)
+                {
+                    continue;
+                }
+                let tok = self.f.toks.get(num.s as usize);
+                // `50mg`, `3am`: a number glued to a unit. Number words
+                // (`five`) are words without a leading digit.
+                let word_with_suffix =
+                    tok.is_some_and(|t| t.kind == TokKind::Word && t.value.is_some());
+                let suffix_is_dose = word_with_suffix && {
+                    let t = self.text(num.s);
+                    let suffix = t.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+                    self.is_dose_unit(suffix)
+                };
+                if word_with_suffix && !suffix_is_dose {
+                    continue;
+                }
+                let dose = suffix_is_dose || unit_after(Fam::DoseUnit);
+                let (a, b) = if num.s < d.s {
+                    (num.e, d.s)
+                } else {
+                    (d.e, num.s)
+                };
+                let container = self
+                    .hits
+                    .iter()
+                    .any(|h| !h.dead && h.fam == Fam::Container && h.s >= a && h.e <= b);
+                let sent_d = self.sentence(d.s);
+                let sent_n = self.sentence(num.s);
+                let treatment = self.hits.iter().any(|h| {
+                    !h.dead
+                        && h.fam == Fam::Treatment
+                        && (self.sentence(h.s) == sent_d || self.sentence(h.s) == sent_n)
+                });
+                if treatment {
+                    continue;
+                }
+                q.paired = true;
+                let lethal = !dose && (num.value >= LETHAL_COUNT || container);
+                let s = d.s.min(num.s);
+                let e = d.e.max(num.e);
+                let taken = self.hits.iter().any(|h| {
+                    !h.dead
+                        && h.fam == Fam::Ingest
+                        && self.sentence(h.s) == sent_d
+                        && h.s.abs_diff(s) <= 8
+                });
+                // A count matters when someone took, bought or keeps it;
+                // "day 30 without pills" is a milestone, not a method.
+                let backed = taken
+                    || self.alive_in_sentence(Fam::Possession, sent_d)
+                    || self.alive_in_sentence(Fam::Possession, sent_n);
+                q.lethal |= lethal && backed;
+                // A count in a question ("is 20 enough to …") is not means
+                // at hand; the question itself is the lethality signal.
+                let asked = self.alive_in_sentence(Fam::HowMany, sent_n)
+                    || self.alive_in_sentence(Fam::Lethality, sent_n);
+                if !dose && !asked && backed && (lethal || taken) {
+                    let fam = if taken && lethal {
+                        Fam::AttemptNow
+                    } else {
+                        Fam::MeansAtHand
+                    };
+                    let mut h = Hit::new(fam, s, e, Person::Neutral);
+                    h.drug = true;
+                    h.value = num.value;
+                    self.hits.push(h);
+                }
+            }
+        }
+        q
+    }
+
+    fn is_dose_unit(&self, suffix: &str) -> bool {
+        if suffix.is_empty() {
+            return false;
+        }
+        // Dose units are lexicon words; look them up through the matcher so
+        // the list stays in config.
+        self.c.ac.find_overlapping_iter(suffix).any(|m| {
+            m.start() == 0
+                && m.end() == suffix.len()
+                && self
+                    .c
+                    .entries
+                    .get(m.pattern().as_usize())
+                    .is_some_and(|es| es.iter().any(|e| e.fam == Fam::DoseUnit))
+        })
+    }
+
+    /// Step 4: what does not count.
+    fn apply_modifiers(&mut self) {
+        let n = self.hits.len();
+        // Where a past and a present marker overlap, the one that starts
+        // first wins: "ago today" is past, "desde hace meses" ("for
+        // months") is ongoing.
+        for i in 0..n {
+            let p = self.hits[i];
+            if p.dead || p.fam != Fam::Past {
+                continue;
+            }
+            let ongoing = self
+                .hits
+                .iter()
+                .any(|r| !r.dead && r.fam == Fam::Present && r.overlaps(&p) && r.s < p.s);
+            if ongoing {
+                self.hits[i].dead = true;
+            }
+        }
+        let levity = self.alive(Fam::Levity);
+        let recovery = self.alive(Fam::Recovery);
+        for i in 0..n {
+            let h = self.hits[i];
+            if h.dead {
+                continue;
+            }
+            let sent = self.sentence(h.s);
+            let dead = match h.fam {
+                // Laughter turns hyperbole-prone slang into a joke ("left my
+                // phone on the bus, kms 🤦‍♀️"); it does not cancel a passive
+                // wish written out in full ("… i'd be relieved lol").
+                _ if h.loose && levity => true,
+                // "kill myself in game to respawn", "me suicidé en el juego".
+                f if matches!(f.risk(), Some((Category::Suicide | Category::SelfHarm, _)))
+                    && self.alive_in_sentence(Fam::Gaming, sent) =>
+                {
+                    true
+                }
+                // Habitual time words describe rumination, not a plan
+                // ("every morning on the platform i think about …").
+                Fam::Timeframe | Fam::Opportunity | Fam::LocationNow
+                    if self.alive_in_sentence(Fam::Habitual, sent) =>
+                {
+                    true
+                }
+                // A relapse followed by meetings or a sponsor is recovery.
+                Fam::Relapse if recovery => true,
+                // "relapsed on s/h" is about self-harm, not drugs.
+                Fam::Relapse
+                    if self.hits.iter().any(|o| {
+                        !o.dead
+                            && matches!(o.fam.risk(), Some((Category::SelfHarm, _)))
+                            && self.sentence(o.s) == sent
+                    }) =>
+                {
+                    true
+                }
+                Fam::Sourcing if self.alive_in_sentence(Fam::HarmReduction, sent) => true,
+                _ => false,
+            };
+            if dead {
+                self.hits[i].dead = true;
+            }
+        }
+        // Past talk: a past marker in the same sentence, with no "now",
+        // "lately" or "again" between it and the phrase.
+        if self.alive(Fam::Past) {
+            for i in 0..n {
+                let h = self.hits[i];
+                if h.dead || !(h.fam.negatable() && h.fam != Fam::HelpSeeking) {
+                    continue;
+                }
+                if self.is_past(&h) {
+                    self.hits[i].dead = true;
+                }
+            }
+        }
+        // Negation that really scopes the phrase. A cue inside a longer
+        // phrase belongs to that phrase ("don't want to wake up", "no one
+        // knows where i am") and negates nothing.
+        let mut cues: Vec<Hit> = Vec::new();
+        for cue in self
+            .hits
+            .iter()
+            .filter(|h| !h.dead && h.fam == Fam::Negation)
+        {
+            let consumed = self.hits.iter().any(|o| {
+                !o.dead
+                    && o.fam != Fam::Negation
+                    && (o.fam.negatable() || o.fam == Fam::IntentDenial || o.fam == Fam::Deferral)
+                    && o.overlaps(cue)
+            });
+            if !consumed {
+                cues.push(*cue);
+            }
+        }
+        if cues.is_empty() {
+            return;
+        }
+        for i in 0..self.hits.len() {
+            let h = self.hits[i];
+            if h.dead || !h.fam.negatable() {
+                continue;
+            }
+            if self.is_negated(&h, &cues) {
+                self.hits[i].dead = true;
+            }
+        }
+    }
+
+    fn is_past(&self, h: &Hit) -> bool {
+        let sent = self.sentence(h.s);
+        self.hits.iter().any(|p| {
+            if p.dead || p.fam != Fam::Past || self.sentence(p.s) != sent || p.overlaps(h) {
+                return false;
+            }
+            let (a, b) = if p.e <= h.s { (p.e, h.s) } else { (h.e, p.s) };
+            !self.hits.iter().any(|r| {
+                !r.dead
+                    && r.fam == Fam::Present
+                    && r.s >= a
+                    && r.e <= b
+                    && !self
+                        .hits
+                        .iter()
+                        .any(|q| q.fam == Fam::Past && q.overlaps(r))
+            })
+        })
+    }
+
+    fn is_negated(&self, h: &Hit, cues: &[Hit]) -> bool {
+        let clause = self.clause(h.s);
+        cues.iter().any(|cue| {
+            if cue.e > h.s || self.clause(cue.s) != clause || h.s - cue.e > NEGATION_WINDOW {
+                return false;
+            }
+            // "i'm not ok and i want to die": the scope ends at a
+            // conjunction or "but".
+            !self
+                .hits
+                .iter()
+                .any(|t| !t.dead && t.fam == Fam::ScopeEnd && t.s >= cue.e && t.e <= h.s)
+        })
+    }
+
+    /// Whose risk a phrase shows: its own form if it has one (`kill
+    /// himself`), else the nearest subject before it (`she's on the
+    /// bridge`), else the writer. Abuse phrases name the victim, who is the
+    /// writer unless the phrase says otherwise.
+    fn resolve_persons(&mut self) {
+        for i in 0..self.hits.len() {
+            let h = self.hits[i];
+            if h.dead || h.person != Person::Neutral || !h.fam.has_person() {
+                continue;
+            }
+            let person = if h.fam.is_abuse() {
+                Person::Me
+            } else {
+                self.subject_before(&h)
+            };
+            self.hits[i].person = person;
+        }
+    }
+
+    fn subject_before(&self, h: &Hit) -> Person {
+        let mut best: Option<(u32, Person)> = None;
+        for m in self.hits.iter() {
+            if m.dead || !matches!(m.fam, Fam::SubjectSelf | Fam::SubjectOther) {
+                continue;
+            }
+            // A raiser names whom it is addressed to ("sorry mum", "look
+            // after my kids"), not who is at risk: only look before it.
+            let addressed = matches!(h.fam, Fam::Goodbye | Fam::Preparation | Fam::Finality);
+            let inside = m.s >= h.s && m.e <= h.e && (!addressed || m.fam == Fam::SubjectSelf);
+            if !inside && m.e > h.s {
+                continue;
+            }
+            let p = if m.fam == Fam::SubjectSelf {
+                Person::Me
+            } else {
+                Person::Other
+            };
+            // Inside the phrase beats anything before it; then nearest.
+            let rank = if inside { u32::MAX } else { m.e };
+            if best.is_none_or(|(r, _)| rank > r) {
+                best = Some((rank, p));
+            }
+        }
+        best.map(|(_, p)| p).unwrap_or(Person::Me)
+    }
+
+    /// Step 5: levels per person and category.
+    fn ladders(&self, signals: &mut Vec<&'static str>) -> (Level, Vec<Category>) {
+        let shared = Shared::collect(self);
+        let me = Feat::collect(self, Person::Me);
+        let other = Feat::collect(self, Person::Other);
+        let bereavement = self.room == "bereavement";
+        let (lv_me, cats_me) = me.judge(&shared, Person::Me, bereavement);
+        let (lv_other, cats_other) = other.judge(&shared, Person::Other, false);
+        let level = lv_me.max(lv_other);
+        if level == Level::None {
+            return (Level::None, Vec::new());
+        }
+        let mut bits = 0u8;
+        if lv_me > Level::None {
+            bits |= cats_me;
+        }
+        if lv_other > Level::None {
+            bits |= cats_other | Category::ThirdParty.bit();
+        }
+        if bits & !Category::ThirdParty.bit() == 0 {
+            bits |= Category::Suicide.bit();
+        }
+        for h in self.hits.iter().filter(|h| !h.dead) {
+            if h.fam.risk().is_some()
+                || h.fam.is_raiser()
+                || matches!(h.fam, Fam::Deferral | Fam::IntentDenial | Fam::Serious)
+            {
+                signals.push(h.fam.name());
+            }
+        }
+        let cats = Category::ALL
+            .into_iter()
+            .filter(|c| bits & c.bit() != 0)
+            .collect();
+        (level, cats)
+    }
+
+    /// Step 6: the tier-0 filters. Contact, link and sourcing block, so
+    /// they win over method and urging, which hold.
+    fn policy(
+        &self,
+        text: &str,
+        level: Level,
+        q: Quantity,
+        signals: &mut Vec<&'static str>,
+    ) -> Option<Policy> {
+        if let Some(rule) = self.contact(text) {
+            signals.push(rule);
+            return Some(Policy::Contact);
+        }
+        if let Some(rule) = self.link(text) {
+            signals.push(rule);
+            return Some(Policy::Link);
+        }
+        if self.alive(Fam::Sourcing) {
+            signals.push("policy.sourcing");
+            return Some(Policy::Sourcing);
+        }
+        let harm = level > Level::None || self.alive(Fam::Recreational);
+        if self.alive(Fam::Lethality)
+            || self.alive(Fam::DosingHowto)
+            || (q.paired && (q.lethal || harm))
+        {
+            signals.push("policy.method");
+            return Some(Policy::Method);
+        }
+        if self.alive(Fam::Urging) {
+            signals.push("policy.urging");
+            return Some(Policy::Urging);
+        }
+        None
+    }
+
+    fn contact(&self, text: &str) -> Option<&'static str> {
+        if scan::has_email(text) {
+            return Some("policy.contact.email");
+        }
+        if scan::has_at_handle(text) {
+            return Some("policy.contact.handle");
+        }
+        if self.alive(Fam::ContactRequest) {
+            return Some("policy.contact.request");
+        }
+        // A platform name followed by something shaped like a handle
+        // ("snap is quiet.heron22"); a platform alone is not contact.
+        for h in self
+            .hits
+            .iter()
+            .filter(|h| !h.dead && h.fam == Fam::Platform)
+        {
+            let end = self
+                .f
+                .toks
+                .get(h.e.saturating_sub(1) as usize)
+                .map(|t| t.src_end as usize)
+                .unwrap_or(0);
+            if scan::handle_after(text, end) {
+                return Some("policy.contact.platform_handle");
+            }
+        }
+        if self.spelled_email() {
+            return Some("policy.contact.email");
+        }
+        if self.phone_number(text) {
+            return Some("policy.contact.phone");
+        }
+        None
+    }
+
+    /// "name at gmail dot com", "arroba".
+    fn spelled_email(&self) -> bool {
+        self.hits.iter().any(|at| {
+            !at.dead
+                && at.fam == Fam::EmailWord
+                && self.hits.iter().any(|dot| {
+                    !dot.dead && dot.fam == Fam::DotWord && dot.s > at.e && dot.s <= at.e + 3
+                })
+        })
+    }
+
+    /// Seven or more digits in a row, in figures or words, that are not an
+    /// allow-listed help line. Digit groups may be split by spaces, dashes
+    /// or commas; words may be joined by "y"/"and" ("setenta y ocho").
+    /// Whether token `i` comes from a link or an e-mail address in the
+    /// original text (digits in a URL path are not a phone number).
+    fn inside_link(&self, text: &str, i: u32) -> bool {
+        let Some(t) = self.f.toks.get(i as usize) else {
+            return false;
+        };
+        let at = (t.src_end as usize).min(text.len());
+        let start = text
+            .get(..at)
+            .unwrap_or("")
+            .rfind(char::is_whitespace)
+            .map(|p| p + 1)
+            .unwrap_or(0);
+        let end = text
+            .get(at..)
+            .unwrap_or("")
+            .find(char::is_whitespace)
+            .map(|p| at + p)
+            .unwrap_or(text.len());
+        let chunk = text.get(start..end).unwrap_or("");
+        chunk.contains('/') || chunk.contains('@') || scan::has_link(chunk, &[], &self.c.tlds)
+    }
+
+    fn phone_number(&self, text: &str) -> bool {
+        if !self.hits.iter().any(|h| !h.dead && h.fam == Fam::Number) {
+            return false;
+        }
+        let toks = &self.f.toks;
+        let mut word_value: Vec<(u32, u32)> = Vec::new();
+        for h in self.hits.iter() {
+            if !h.dead && h.fam == Fam::Number && h.e == h.s + 1 {
+                word_value.push((h.s, h.value));
+            }
+        }
+        let value_at = |i: u32| word_value.iter().find(|(s, _)| *s == i).map(|(_, v)| *v);
+        let mut digits = String::new();
+        let mut prev_tens = false;
+        let mut i = 0u32;
+        let n = self.tok_count();
+        let flush = |d: &mut String| -> bool {
+            let hit = d.len() >= 7 && d.len() <= 15 && !self.number_allowed(d);
+            d.clear();
+            hit
+        };
+        while i < n {
+            let t = &toks[i as usize];
+            let word = self.text(i);
+            match t.kind {
+                TokKind::Number if self.inside_link(text, i) => {
+                    if flush(&mut digits) {
+                        return true;
+                    }
+                    prev_tens = false;
+                }
+                TokKind::Number => {
+                    digits.extend(word.chars().filter(char::is_ascii_digit));
+                    prev_tens = false;
+                }
+                TokKind::Word => {
+                    if let Some(v) = value_at(i) {
+                        if prev_tens && (1..10).contains(&v) {
+                            // "setenta y ocho": the unit joins the tens.
+                            digits.pop();
+                            digits.push(char::from_digit(v, 10).unwrap_or('0'));
+                            prev_tens = false;
+                        } else {
+                            digits.push_str(&v.to_string());
+                            prev_tens = (20..100).contains(&v) && v % 10 == 0;
+                        }
+                    } else if (word == "y" || word == "and") && prev_tens {
+                        // Connector inside a spelled number.
+                    } else {
+                        if flush(&mut digits) {
+                            return true;
+                        }
+                        prev_tens = false;
+                    }
+                }
+                TokKind::Weak => {}
+                TokKind::Strong | TokKind::Emoji => {
+                    if flush(&mut digits) {
+                        return true;
+                    }
+                    prev_tens = false;
+                }
+            }
+            i += 1;
+        }
+        flush(&mut digits)
+    }
+
+    fn number_allowed(&self, digits: &str) -> bool {
+        self.c.allow_numbers.iter().any(|a| {
+            // An allow-listed line, possibly with a country or trunk prefix.
+            digits == a || (digits.ends_with(a.as_str()) && digits.len() - a.len() <= 3)
+        })
+    }
+
+    fn link(&self, text: &str) -> Option<&'static str> {
+        if scan::has_link(text, &self.c.allow_domains, &self.c.tlds) {
+            return Some("policy.link.url");
+        }
+        // "youtube dot com slash …": a dot word followed by a top-level
+        // domain, unless the spelled domain is allow-listed.
+        for dot in self
+            .hits
+            .iter()
+            .filter(|h| !h.dead && h.fam == Fam::DotWord)
+        {
+            let Some(tld) = self
+                .hits
+                .iter()
+                .find(|t| !t.dead && t.fam == Fam::Tld && t.s == dot.e)
+            else {
+                continue;
+            };
+            if self
+                .hits
+                .iter()
+                .any(|h| !h.dead && h.fam == Fam::EmailWord && h.e <= dot.s && dot.s - h.e <= 3)
+            {
+                continue;
+            }
+            let name = if dot.s > 0 { self.text(dot.s - 1) } else { "" };
+            let domain = format!("{name}.{}", self.text(tld.s));
+            if !scan::domain_allowed(&domain, &self.c.allow_domains) {
+                return Some("policy.link.spelled");
+            }
+        }
+        None
+    }
+}
+
+/// Signals that belong to the whole message rather than to one person:
+/// time words, and means (the means may be someone else's, "my dad's gun",
+/// while the risk is the writer's).
+#[derive(Default, Debug)]
+struct Shared {
+    timeframe: bool,
+    opportunity: bool,
+    deferral: bool,
+    denial: bool,
+    now: bool,
+    serious: bool,
+    means: bool,
+    means_drug: bool,
+    means_lethal: bool,
+    use_context: bool,
+}
+
+impl Shared {
+    fn collect(cx: &Ctx<'_>) -> Shared {
+        let alive = |f: Fam| cx.hits.iter().filter(move |h| !h.dead && h.fam == f);
+        let later_time = |after: &Hit| {
+            cx.hits.iter().any(|t| {
+                !t.dead
+                    && matches!(t.fam, Fam::Timeframe | Fam::Opportunity)
+                    && t.s >= after.e
+                    && cx.clause(t.s) != cx.clause(after.s)
+            })
+        };
+        // "not today. tomorrow …", "i won't do anything while the kids are
+        // home … they go to their dad's sunday": negation that only defers
+        // is intent with a timeframe.
+        let deferral =
+            alive(Fam::Deferral).any(&later_time) || alive(Fam::IntentDenial).any(&later_time);
+        let denial = !deferral && alive(Fam::IntentDenial).next().is_some();
+        let means = || {
+            cx.hits
+                .iter()
+                .filter(|h| !h.dead && matches!(h.fam, Fam::MeansAtHand | Fam::MeansEmoji))
+        };
+        Shared {
+            timeframe: alive(Fam::Timeframe).next().is_some(),
+            opportunity: alive(Fam::Opportunity).next().is_some(),
+            deferral,
+            denial,
+            now: alive(Fam::HappeningNow).next().is_some(),
+            serious: alive(Fam::Serious).next().is_some(),
+            means: means().next().is_some(),
+            means_drug: means().any(|h| h.drug || cx.overlaps_fam(h, Fam::Drug)),
+            means_lethal: means().any(|h| !(h.drug || cx.overlaps_fam(h, Fam::Drug))),
+            use_context: cx.room == "substance-use"
+                || [Fam::UseVerb, Fam::Relapse]
+                    .iter()
+                    .any(|f| alive(*f).next().is_some()),
+        }
+    }
+}
+
+impl Ctx<'_> {
+    fn overlaps_fam(&self, h: &Hit, fam: Fam) -> bool {
+        self.hits
+            .iter()
+            .any(|o| !o.dead && o.fam == fam && o.overlaps(h))
+    }
+
+    fn drug_in_sentence(&self, h: &Hit) -> bool {
+        self.alive_in_sentence(Fam::Drug, self.sentence(h.s))
+    }
+}
+
+/// Signals of one person (the writer or someone else).
+#[derive(Default, Debug)]
+struct Feat {
+    any: bool,
+    active: bool,
+    active_firm: bool,
+    passive: bool,
+    indifferent: bool,
+    method_act: bool,
+    method_research: bool,
+    lethality: bool,
+    stockpile: bool,
+    attempt: bool,
+    sh_act: bool,
+    sh_urge: bool,
+    sh_severe: bool,
+    od_risk: bool,
+    od_now: bool,
+    abuse_act: bool,
+    abuse_threat: bool,
+    abuse_control: u32,
+    abuse_fear: bool,
+    prep: bool,
+    finality: bool,
+    goodbye: bool,
+    intent: bool,
+    location: bool,
+    isolation: bool,
+    unreachable: bool,
+    rumination: bool,
+    drug_signal: bool,
+}
+
+impl Feat {
+    fn collect(cx: &Ctx<'_>, person: Person) -> Feat {
+        let mut f = Feat::default();
+        for h in cx.hits.iter() {
+            if h.dead || h.person != person || !h.fam.has_person() {
+                continue;
+            }
+            f.any = true;
+            match h.fam {
+                Fam::IdeationActive => {
+                    f.active = true;
+                    f.active_firm |= !h.loose;
+                }
+                Fam::IdeationPassive | Fam::Hopelessness => f.passive = true,
+                Fam::Indifference => f.indifferent = true,
+                Fam::MethodAct => {
+                    f.method_act = true;
+                    f.drug_signal |= cx.drug_in_sentence(h);
+                }
+                Fam::MethodResearch => f.method_research = true,
+                Fam::Lethality => {
+                    f.lethality = true;
+                    f.drug_signal = true;
+                }
+                Fam::Stockpile => {
+                    f.stockpile = true;
+                    f.drug_signal |= cx.drug_in_sentence(h);
+                }
+                Fam::AttemptNow => {
+                    f.attempt = true;
+                    f.drug_signal |= h.drug || cx.drug_in_sentence(h);
+                }
+                Fam::SelfHarmAct => f.sh_act = true,
+                Fam::SelfHarmUrge => f.sh_urge = true,
+                Fam::SelfHarmSevere => f.sh_severe = true,
+                Fam::OverdoseRisk | Fam::Relapse => f.od_risk = true,
+                Fam::OverdoseNow => f.od_now = true,
+                Fam::AbuseAct => f.abuse_act = true,
+                Fam::AbuseThreat => f.abuse_threat = true,
+                Fam::AbuseControl => f.abuse_control += 1,
+                Fam::AbuseFear => f.abuse_fear = true,
+                Fam::Preparation => f.prep = true,
+                Fam::Finality => f.finality = true,
+                Fam::Goodbye => f.goodbye = true,
+                Fam::Intent => f.intent = true,
+                Fam::LocationNow => f.location = true,
+                Fam::Isolation => f.isolation = true,
+                Fam::Unreachable => f.unreachable = true,
+                Fam::Rumination => f.rumination = true,
+                _ => {}
+            }
+        }
+        f
+    }
+
+    /// Level and category bits for this person. Someone else's risk needs a
+    /// signal of their own; the writer's may rest on message-wide signals
+    /// alone ("not today. tomorrow when everyone's out").
+    fn judge(&self, sh: &Shared, person: Person, bereavement: bool) -> (Level, u8) {
+        let mut level = Level::None;
+        let mut cats = 0u8;
+        if person == Person::Other && !self.any {
+            return (level, cats);
+        }
+        let mut raise = |l: Level, c: Category| {
+            if l > Level::None {
+                cats |= c.bit();
+                level = level.max(l);
+            }
+        };
+
+        // Suicide.
+        let (sl, overdose_too) = self.suicide(sh, bereavement);
+        if sl > Level::None {
+            // An attempt by overdose while using is an overdose, not (only)
+            // a suicide attempt; with no other sign of suicide, say so.
+            let attempt_is_suicide =
+                self.attempt && person == Person::Me && (!self.drug_signal || !sh.use_context);
+            let suicide_specific = self.active
+                || self.passive
+                || (self.indifferent && !self.od_risk)
+                || self.method_act
+                || self.method_research
+                || self.lethality
+                || self.stockpile
+                || self.prep
+                || self.finality
+                || self.goodbye
+                || self.intent
+                || self.location
+                || sh.means_lethal
+                || sh.deferral
+                || attempt_is_suicide;
+            if suicide_specific || !overdose_too {
+                raise(sl, Category::Suicide);
+            }
+            if overdose_too {
+                raise(sl, Category::Overdose);
+            }
+        }
+
+        // Self-harm.
+        let shl = if self.sh_severe {
+            Level::Imminent
+        } else if self.sh_act || (self.sh_urge && (sh.means || sh.timeframe)) {
+            Level::High
+        } else if self.sh_urge {
+            Level::Concern
+        } else {
+            Level::None
+        };
+        raise(shl, Category::SelfHarm);
+
+        // Overdose.
+        let odl = if self.od_now {
+            Level::Imminent
+        } else if self.od_risk {
+            Level::High
+        } else {
+            Level::None
+        };
+        raise(odl, Category::Overdose);
+
+        // Abuse.
+        let severe = self.abuse_act || self.abuse_threat;
+        let abl = if severe && (sh.now || sh.means_lethal || (self.abuse_threat && sh.timeframe)) {
+            Level::Imminent
+        } else if severe || self.abuse_control >= 2 || (self.abuse_control >= 1 && self.abuse_fear)
+        {
+            Level::High
+        } else if self.abuse_control >= 1 || self.abuse_fear {
+            Level::Concern
+        } else {
+            Level::None
+        };
+        raise(abl, Category::Abuse);
+
+        (level, cats)
+    }
+
+    /// The suicide ladder (C-SSRS): a passive wish is concern; active
+    /// ideation, a method or a lethality question is high; with means,
+    /// timeframe, preparation or a goodbye it is imminent. Also returns
+    /// whether drugs are the means.
+    fn suicide(&self, sh: &Shared, bereavement: bool) -> (Level, bool) {
+        let drug = self.drug_signal || sh.means_drug;
+        if self.attempt {
+            return (Level::Imminent, drug);
+        }
+        // Strong raisers show a plan on their own; weak ones only count next
+        // to something else; a bare timeframe only raises a core.
+        let strong = [
+            self.prep,
+            self.finality,
+            self.location,
+            self.isolation,
+            self.unreachable,
+            sh.deferral,
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        let weak = [sh.means, self.goodbye, self.intent]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        let time = usize::from(sh.timeframe) + usize::from(sh.opportunity);
+        // Being at a lethal place weighs double: with anything else it is
+        // imminent ("on the roof. can't do this anymore", "on the bridge
+        // right now").
+        let place = usize::from(self.location);
+        let place_now = usize::from(self.location && sh.now);
+        // Indifference to living is part of the overdose picture when the
+        // person is using; otherwise it is a passive wish.
+        let passive = self.passive || (self.indifferent && !self.od_risk);
+        // A wish to die or a stated intent next to a method is active.
+        let intent = self.intent || sh.deferral;
+        let method_active = self.method_act && (intent || passive);
+
+        // Slang such as "kms" escalates only when confirmed ("fr", "like
+        // actually") or backed by a plan; alone it is a worrying sign.
+        let plan = strong + usize::from(sh.means) + time + usize::from(self.goodbye);
+        let active = (self.active && (self.active_firm || sh.serious || plan + weak > 0))
+            || method_active
+            || self.lethality;
+        let loose_only = self.active && !active;
+
+        // Each way in gives a level; the highest wins.
+        let mut level = Level::None;
+        if active {
+            level = level.max(if plan >= 1 {
+                Level::Imminent
+            } else {
+                Level::High
+            });
+        }
+        if self.method_act || self.method_research {
+            // A method with a time ("taking all of them tonight") is a plan.
+            // Thinking about a method (research) needs more than a time.
+            let plan = (strong >= 1 && strong + place + weak + time >= 2)
+                || (time >= 1 && (self.method_act || intent || sh.means));
+            level = level.max(if plan { Level::Imminent } else { Level::High });
+        }
+        if passive || loose_only {
+            level = level.max(
+                if strong + usize::from(sh.means) >= 1 && strong + place + weak + time >= 2 {
+                    Level::Imminent
+                } else if !bereavement && (strong >= 1 || sh.means) {
+                    Level::High
+                } else {
+                    Level::Concern
+                },
+            );
+        }
+        if self.stockpile {
+            let more = strong + usize::from(self.goodbye) + usize::from(self.intent) + time;
+            level = level.max(if more >= 1 {
+                Level::Imminent
+            } else {
+                Level::High
+            });
+        }
+        if (strong >= 1 && strong + place_now + weak + time >= 2)
+            || (sh.means && (self.goodbye || self.intent))
+        {
+            level = Level::Imminent;
+        } else if sh.means && self.rumination {
+            level = level.max(Level::High);
+        } else if self.prep || self.finality {
+            level = level.max(Level::Concern);
+        }
+        // "i wouldn't, but the thought's there": intent denied with no later
+        // timeframe leaves the thought, never more.
+        if sh.denial && level > Level::Concern && !sh.means && strong == 0 {
+            level = Level::Concern;
+        }
+        (level, drug && level > Level::None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One group per rule family. The sentences are written for these tests
+    //! (not taken from the corpus) so they check the principle, not a line.
+
+    use super::*;
+    use std::sync::OnceLock;
+
+    fn c() -> &'static Classifier {
+        static C: OnceLock<Classifier> = OnceLock::new();
+        C.get_or_init(|| match Classifier::builtin() {
+            Ok(c) => c,
+            Err(e) => panic!("builtin config: {e}"),
+        })
+    }
+
+    fn level(text: &str) -> Level {
+        c().assess(text, "anxiety").level
+    }
+
+    fn in_room(text: &str, room: &str) -> Assessment {
+        c().assess(text, room)
+    }
+
+    fn policy(text: &str) -> Option<Policy> {
+        c().assess(text, "anxiety").policy
+    }
+
+    #[test]
+    fn obfuscation_does_not_lower_the_level() {
+        for t in [
+            "i want to k1ll mys3lf",
+            "i want to k i l l myself",
+            "i want to K.I.L.L MYSELF",
+            "i want to kiiiiill myself",
+            "i want to k-i-l-l myself",
+            "i want to kіll mysеlf", // Cyrillic і and е
+            "feeling su1c1dal again",
+            "quiero m a t a r m e",
+            "ya no aguanto, quiero m4t4rme",
+            "pienso mucho en el s*icidio",
+        ] {
+            assert_eq!(level(t), Level::High, "{t}");
+        }
+    }
+
+    #[test]
+    fn slang_is_a_lexicon_entry() {
+        assert_eq!(level("thinking about unaliving myself"), Level::High);
+        assert_eq!(level("me voy a desvivir"), Level::High);
+        assert_eq!(level("relapsed on s/h yesterday"), Level::High);
+        // "kms" alone is flagged but not escalated; confirmed it is high.
+        assert_eq!(level("kms"), Level::Concern);
+        assert_eq!(level("kms. i mean it"), Level::High);
+    }
+
+    #[test]
+    fn active_and_passive_ideation() {
+        assert_eq!(level("i keep thinking about ending my life"), Level::High);
+        assert_eq!(
+            level("i just want to sleep and never wake up"),
+            Level::Concern
+        );
+        assert_eq!(
+            level("everyone would be better off without me"),
+            Level::Concern
+        );
+        assert_eq!(level("quiero desaparecer para siempre"), Level::Concern);
+    }
+
+    #[test]
+    fn plan_means_timeframe_and_preparation_raise_severity() {
+        assert_eq!(level("i'm going to kill myself tonight"), Level::Imminent);
+        assert_eq!(
+            level("i want to die and the pills are in my drawer"),
+            Level::High
+        );
+        assert_eq!(
+            level("i want to die. the pills are counted out and it's tonight"),
+            Level::Imminent
+        );
+        assert_eq!(
+            level("wrote a note for my sister. friday then"),
+            Level::Imminent
+        );
+        assert_eq!(
+            level("gave away my cat. won't need her where i'm going"),
+            Level::Imminent
+        );
+        assert_eq!(
+            level("esta noche me tomo todas las pastillas"),
+            Level::Imminent
+        );
+    }
+
+    #[test]
+    fn negation_lowers_only_what_it_scopes() {
+        assert_eq!(level("i'm not suicidal at all, just stressed"), Level::None);
+        assert_eq!(
+            level("i don't want to die, i want the panic to stop"),
+            Level::None
+        );
+        assert_eq!(level("no me quiero matar, solo estoy cansada"), Level::None);
+        // The scope ends at "and": the second clause stands.
+        assert_eq!(level("i'm not ok and i want to kill myself"), Level::High);
+        // A negation that covers only help leaves the means standing.
+        assert_eq!(
+            level("no i won't call anyone. the rope is in the garage"),
+            Level::Imminent
+        );
+    }
+
+    #[test]
+    fn deferral_is_not_negation() {
+        assert_eq!(
+            level("not tonight. saturday when everyone's asleep"),
+            Level::Imminent
+        );
+        assert_eq!(level("hoy no. el domingo cuando se vayan"), Level::Imminent);
+        // Intent denied with no later time leaves the thought only.
+        assert_eq!(
+            level("i think about stepping in front of a bus but i won't do anything"),
+            Level::Concern
+        );
+        // "not today" as recovery talk is nothing.
+        assert_eq!(level("not today satan, day 40 sober"), Level::None);
+    }
+
+    #[test]
+    fn idioms_hyperbole_and_gaming_are_not_crisis() {
+        for t in [
+            "the commute is killing me",
+            "i'd kill for a coffee",
+            "killed myself laughing at that meme",
+            "forgot my keys again kms lol",
+            "i'm dead 💀 that video",
+            "this deadline will be the death of me",
+            "had to kill myself in game to reset the level",
+            "me muero de ganas de verte",
+            "qué vergüenza, me quiero morir jajaja",
+            "mi jefe me está matando con tanto trabajo",
+            "trying to cut down on sugar",
+            "hanging out with friends tonight",
+        ] {
+            assert_eq!(level(t), Level::None, "{t}");
+        }
+    }
+
+    #[test]
+    fn past_and_recovery_talk_is_not_crisis() {
+        assert_eq!(
+            level("i tried to kill myself years ago, now i run a support group"),
+            Level::None
+        );
+        assert_eq!(
+            level("used to cut myself, the scars are fading"),
+            Level::None
+        );
+        assert_eq!(
+            level("hace cinco años intenté matarme y hoy estoy bien"),
+            Level::None
+        );
+        let a = in_room(
+            "relapsed in june but back at meetings and doing well",
+            "substance-use",
+        );
+        assert_eq!(a.level, Level::None);
+        // "desde hace meses" is ongoing, not past.
+        assert_eq!(
+            level("mi padrastro abusa de mí desde hace meses"),
+            Level::High
+        );
+    }
+
+    #[test]
+    fn bereavement_context() {
+        let a = in_room("my uncle took his own life last spring", "bereavement");
+        assert_eq!(a.level, Level::None);
+        // The writer's passive wish in grief is at most concern...
+        let a = in_room(
+            "since my mum died i just want to be where she is",
+            "bereavement",
+        );
+        assert_eq!(a.level, Level::Concern);
+        // ...but the room never lowers active risk or a plan.
+        let a = in_room("since dad died i want to kill myself", "bereavement");
+        assert_eq!(a.level, Level::High);
+        let a = in_room(
+            "i have her pills and tonight i'll be with her",
+            "bereavement",
+        );
+        assert_eq!(a.level, Level::Imminent);
+    }
+
+    #[test]
+    fn help_seeking_is_none_with_the_flag() {
+        let a = in_room("what's the number for the crisis line?", "anxiety");
+        assert_eq!(a.level, Level::None);
+        assert!(a.help_seeking);
+        let a = in_room("no, i'm not going to call a helpline", "anxiety");
+        assert!(!a.help_seeking);
+    }
+
+    #[test]
+    fn third_party_risk() {
+        let a = in_room(
+            "my brother says he's going to kill himself tonight",
+            "anxiety",
+        );
+        assert_eq!(a.level, Level::Imminent);
+        assert_eq!(a.categories, vec![Category::Suicide, Category::ThirdParty]);
+        let a = in_room(
+            "my friend's lips are blue and he isn't breathing",
+            "substance-use",
+        );
+        assert_eq!(a.level, Level::Imminent);
+        assert_eq!(a.categories, vec![Category::Overdose, Category::ThirdParty]);
+        let a = in_room("mi amiga dice que se quiere morir, qué hago", "anxiety");
+        assert_eq!(a.level, Level::Concern);
+        assert!(a.categories.contains(&Category::ThirdParty));
+    }
+
+    #[test]
+    fn overdose_and_relapse() {
+        let a = in_room("using alone again since i got out", "substance-use");
+        assert_eq!(
+            (a.level, a.categories.clone()),
+            (Level::High, vec![Category::Overdose])
+        );
+        let a = in_room("me pincho sola en el baño", "substance-use");
+        assert_eq!(a.level, Level::High);
+        let a = in_room("did way too much and now i can't breathe", "substance-use");
+        assert_eq!(a.level, Level::Imminent);
+        let a = in_room("craving hard but i rang my sponsor", "substance-use");
+        assert_eq!(a.level, Level::None);
+    }
+
+    #[test]
+    fn self_harm() {
+        assert_eq!(level("burned myself with a lighter again"), Level::High);
+        assert_eq!(level("the urge to cut is bad today"), Level::Concern);
+        assert_eq!(
+            level("cut myself and it won't stop bleeding"),
+            Level::Imminent
+        );
+        let a = c().assess("me sigo cortando los brazos", "anxiety");
+        assert_eq!(a.categories, vec![Category::SelfHarm]);
+    }
+
+    #[test]
+    fn abuse() {
+        assert_eq!(level("my boyfriend slapped me last night"), Level::High);
+        assert_eq!(
+            level("he's hitting me right now, i'm hiding"),
+            Level::Imminent
+        );
+        assert_eq!(level("i'm scared to go home"), Level::Concern);
+        assert_eq!(
+            level("mi pareja me empuja y me revisa el celular"),
+            Level::High
+        );
+        // A longer phrase wins: a bus is not an abuser.
+        assert_eq!(level("wish a bus hit me"), Level::Concern);
+    }
+
+    #[test]
+    fn contact_filter() {
+        assert_eq!(policy("text me on 07700 900123"), Some(Policy::Contact));
+        assert_eq!(
+            policy("email me: fern.lake@example.com"),
+            Some(Policy::Contact)
+        );
+        assert_eq!(policy("add me on snap, same name"), Some(Policy::Contact));
+        assert_eq!(policy("my snap is blue.fox99"), Some(Policy::Contact));
+        assert_eq!(policy("dm me @quiet_fern"), Some(Policy::Contact));
+        assert_eq!(
+            policy("mi número es seis uno dos, tres cuatro cinco, sesenta y siete, ocho"),
+            Some(Policy::Contact)
+        );
+        // Not hits: help lines, plain numbers, a platform with no handle.
+        for t in [
+            "call samaritans on 116 123 any time",
+            "in the US you can call or text 988",
+            "text SHOUT to 85258",
+            "teléfono de la esperanza 717 003 717",
+            "línea de la vida 800 911 2000",
+            "it's been 116 days since he passed",
+            "ring 999 if you're in danger",
+            "my insta is mostly cat pictures",
+            "you can message me in here any time",
+            "call your doctor tomorrow",
+        ] {
+            assert_eq!(policy(t), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn link_filter() {
+        assert_eq!(policy("this helped me: bit.ly/3xYz12"), Some(Policy::Link));
+        assert_eq!(policy("see https://example.org/page"), Some(Policy::Link));
+        assert_eq!(
+            policy("it's on youtube dot com slash calmvids"),
+            Some(Policy::Link)
+        );
+        assert_eq!(
+            policy("findahelpline.com has lines for every country"),
+            None
+        );
+        assert_eq!(policy("www.samaritans.org is good"), None);
+        assert_eq!(policy("samaritans dot org has a chat"), None);
+    }
+
+    #[test]
+    fn sourcing_filter() {
+        assert_eq!(
+            policy("anyone know who sells xanax near me?"),
+            Some(Policy::Sourcing)
+        );
+        assert_eq!(
+            policy("where can i get codeine without a prescription"),
+            Some(Policy::Sourcing)
+        );
+        assert_eq!(policy("quién vende pepas por acá"), Some(Policy::Sourcing));
+        assert_eq!(policy("where can i get naloxone?"), None);
+        assert_eq!(policy("my old dealer messaged me, i ignored him"), None);
+    }
+
+    #[test]
+    fn method_filter() {
+        assert_eq!(
+            policy("took 30 of my tablets an hour ago"),
+            Some(Policy::Method)
+        );
+        assert_eq!(
+            policy("how many sleeping pills would kill me"),
+            Some(Policy::Method)
+        );
+        assert_eq!(
+            policy("3mg of xanax when i'm coming down, works every time"),
+            Some(Policy::Method)
+        );
+        // A prescribed dose in a treatment context is not method.
+        assert_eq!(
+            policy("my gp upped me to 100mg sertraline, side effects?"),
+            None
+        );
+        assert_eq!(policy("day 45 without pills!"), None);
+    }
+
+    #[test]
+    fn urging_filter() {
+        let a = in_room("just kys already", "anxiety");
+        assert_eq!((a.policy, a.level), (Some(Policy::Urging), Level::None));
+        assert_eq!(policy("please don't kill yourself, stay with us"), None);
+        assert_eq!(policy("mátate y deja de molestar"), Some(Policy::Urging));
+    }
+
+    #[test]
+    fn verdicts_follow_the_readme_rules() {
+        let v = |t: &str, room: &str| c().assess(t, room).verdict();
+        assert!(matches!(
+            v("text me on 07700 900123", "anxiety"),
+            Verdict::Block(_)
+        ));
+        // A block never hides the crisis side.
+        let a = in_room("i want to kill myself, text me on 07700 900123", "anxiety");
+        assert_eq!(a.level, Level::High);
+        assert!(matches!(a.verdict(), Verdict::Block(_)));
+        assert_eq!(v("just kys", "anxiety"), Verdict::Hold);
+        assert_eq!(
+            v("i'm going to hang myself tonight", "anxiety"),
+            Verdict::Hold
+        );
+        assert_eq!(v("i want to kill myself", "anxiety"), Verdict::Deliver);
+        assert_eq!(v("had a good day today", "anxiety"), Verdict::Deliver);
+    }
+
+    #[test]
+    fn emoji_count_only_with_a_goodbye_or_act() {
+        assert_eq!(level("🪢 tomorrow morning. love you all"), Level::Imminent);
+        assert_eq!(level("💊💊💊 bye everyone"), Level::Imminent);
+        assert_eq!(level("💊 don't forget your meds"), Level::None);
+        assert_eq!(level("chopping veg 🔪🥕"), Level::None);
+    }
+
+    #[test]
+    fn signals_explain_the_result() {
+        let a = c().assess("not tonight. saturday when everyone's asleep", "anxiety");
+        assert!(a.signals.contains(&"deferral"), "{:?}", a.signals);
+        let a = c().assess("text me on 07700 900123", "anxiety");
+        assert!(
+            a.signals.iter().any(|s| s.starts_with("policy.contact")),
+            "{:?}",
+            a.signals
+        );
+    }
+
+    #[test]
+    fn empty_and_odd_input_is_safe() {
+        for t in [
+            "",
+            " ",
+            "…",
+            "****",
+            "@@@",
+            "💀💀💀",
+            "k",
+            "9999999999999999999999",
+            "\u{200D}",
+        ] {
+            let _ = c().assess(t, "anxiety");
+        }
+        let long = "i am fine. ".repeat(500);
+        assert_eq!(level(&long), Level::None);
+    }
+
+    #[test]
+    fn config_errors_name_the_file_and_key() {
+        let err = |toml: &str| match Classifier::from_sources([("x.toml", toml)]) {
+            Ok(_) => String::from("ok"),
+            Err(e) => e.to_string(),
+        };
+        let e = err("[lexicon.no_such_family]\nphrases = [\"a\"]\n");
+        assert!(e.contains("x.toml") && e.contains("no_such_family"), "{e}");
+        let e = err("[lexicon.timeframe]\nphrases = []\n");
+        assert!(
+            e.contains("lexicon.timeframe.phrases") && e.contains("empty"),
+            "{e}"
+        );
+        let e = err("[lexicon.timeframe]\n");
+        assert!(e.contains("lexicon.timeframe"), "{e}");
+        let e = err("[lexicon.timeframe]\nphrases = [\"...\"]\n");
+        assert!(e.contains("empty after normalisation"), "{e}");
+        let e = err("[lexicon.timeframe]\nphrases = [\"a*b\"]\n");
+        assert!(e.contains("only at the end"), "{e}");
+        let e = err(
+            "[lexicon.timeframe]\nphrases = [\"a\"]\n[[combo]]\nid = \"c\"\nfirst = \"timeframe\"\n\
+             then = \"nope\"\nwithin = 1\nyields = \"intent\"\n",
+        );
+        assert!(e.contains("combo[0]") && e.contains("nope"), "{e}");
+        let e = err("[lexicon.timeframe]\nphrase = [\"a\"]\n");
+        assert!(e.contains("invalid TOML"), "{e}");
+        assert!(err("").contains("no phrases"));
+        let missing = Classifier::from_dir(Path::new("/nonexistent/safety"));
+        assert!(matches!(missing, Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn from_dir_matches_builtin() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/safety");
+        let from_dir = match Classifier::from_dir(&dir) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        for t in ["i'm going to kill myself tonight", "bit.ly/x1", "hello"] {
+            assert_eq!(from_dir.assess(t, "anxiety"), c().assess(t, "anxiety"));
+        }
+    }
+
+    /// Prints the mean cost per message. Timing belongs in `cargo bench`;
+    /// this only reports it and never fails on it.
+    #[test]
+    fn reports_mean_cost_per_message() {
+        let msgs = [
+            "had a rough day but the breathing exercise helped a bit",
+            "not today. tomorrow when everyone's out",
+            "my friend just texted me she's on the bridge, what do i do",
+            "anyone got a plug for bars round here, need some for the weekend",
+            "me tomé como 30 pastillas hace media hora y ya no siento las piernas",
+            "lol this exam is killing me, kms 🤦",
+        ];
+        let n = 10_000;
+        // Build (and warm) the classifier outside the timed loop.
+        let c = c();
+        let _ = c.assess(msgs[0], "anxiety");
+        let start = std::time::Instant::now();
+        let mut high = 0usize;
+        for i in 0..n {
+            let a = c.assess(msgs[i % msgs.len()], "anxiety");
+            high += usize::from(a.level >= Level::High);
+        }
+        let per = start.elapsed() / n as u32;
+        println!("classifier: {per:?} per message (mean of {n}; {high} at high or above)");
+    }
+}
