@@ -49,6 +49,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub cluster: ClusterConfig,
     pub safety: SafetyConfig,
+    pub escalation: EscalationConfig,
     pub rooms: Vec<RoomConfig>,
     /// `HEARTH_STAFF_SECRET`: only ever from the environment, never from a
     /// file in the repository.
@@ -142,6 +143,45 @@ pub struct SafetyConfig {
     pub imminent: LevelAction,
     pub support: Vec<SupportText>,
     pub resources: Vec<ResourceConfig>,
+}
+
+/// Escalations: which levels raise one, how fast staff must acknowledge,
+/// who is told at each tier, how long records are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationConfig {
+    /// Crisis levels that raise an escalation (`concern`, `high`, `imminent`).
+    pub levels: Vec<String>,
+    pub ack_imminent_secs: u64,
+    pub ack_high_secs: u64,
+    pub ack_concern_secs: u64,
+    /// Acknowledged but not resolved after this long: told again.
+    pub retrigger_after_secs: u64,
+    /// How many times an unacknowledged escalation moves up a tier (or,
+    /// past the last tier, is sent to it again).
+    pub max_reescalations: u32,
+    /// Messages before the flagged one that go into the excerpt.
+    pub context_messages: usize,
+    /// Resolved escalations are deleted this long after they were raised.
+    pub retention_days: u64,
+    pub webhook_timeout_ms: u64,
+    /// Failed deliveries to one target before it is dead-lettered.
+    pub webhook_attempts: u32,
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// Who is told, tier by tier (tier 1 first). `HEARTH_WEBHOOK_URL`
+    /// adds its webhooks to tier 1.
+    pub tiers: Vec<TierConfig>,
+    /// `HEARTH_WEBHOOK_SECRET`: only ever from the environment.
+    #[serde(skip)]
+    pub webhook_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    pub name: String,
+    pub webhooks: Vec<String>,
 }
 
 /// Deliver a message at that level (staff are still told) or hold it for
@@ -246,6 +286,87 @@ impl Config {
             let v = v.trim().to_string();
             self.staff_secret = (!v.is_empty()).then_some(v);
         }
+        if let Some(v) = get("HEARTH_WEBHOOK_URL") {
+            let urls: Vec<String> = v
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
+            if !urls.is_empty() {
+                if self.escalation.tiers.is_empty() {
+                    self.escalation.tiers.push(TierConfig {
+                        name: "on-call".into(),
+                        webhooks: Vec::new(),
+                    });
+                }
+                self.escalation.tiers[0].webhooks.extend(urls);
+            }
+        }
+        if let Some(v) = get("HEARTH_WEBHOOK_SECRET") {
+            let v = v.trim().to_string();
+            self.escalation.webhook_secret = (!v.is_empty()).then_some(v);
+        }
+    }
+
+    fn validate_escalation(&self) -> Result<(), ConfigError> {
+        let e = &self.escalation;
+        for (i, l) in e.levels.iter().enumerate() {
+            if !matches!(l.as_str(), "concern" | "high" | "imminent") {
+                return Err(invalid(
+                    format!("escalation.levels[{i}]"),
+                    format!(
+                        "`{l}` is not a crisis level; use \"concern\", \"high\" or \"imminent\""
+                    ),
+                ));
+            }
+        }
+        positive("escalation.ack_imminent_secs", e.ack_imminent_secs)?;
+        positive("escalation.ack_high_secs", e.ack_high_secs)?;
+        positive("escalation.ack_concern_secs", e.ack_concern_secs)?;
+        positive("escalation.retrigger_after_secs", e.retrigger_after_secs)?;
+        positive("escalation.retention_days", e.retention_days)?;
+        positive("escalation.webhook_timeout_ms", e.webhook_timeout_ms)?;
+        positive("escalation.webhook_attempts", u64::from(e.webhook_attempts))?;
+        positive("escalation.retry_min_ms", e.retry_min_ms)?;
+        if e.retry_max_ms < e.retry_min_ms {
+            return Err(invalid(
+                "escalation.retry_max_ms",
+                "must not be smaller than escalation.retry_min_ms",
+            ));
+        }
+        if e.context_messages > 50 {
+            return Err(invalid(
+                "escalation.context_messages",
+                "must be at most 50: an excerpt keeps only what a clinician needs",
+            ));
+        }
+        let mut any_webhook = false;
+        for (i, t) in e.tiers.iter().enumerate() {
+            if t.name.trim().is_empty() {
+                return Err(invalid(
+                    format!("escalation.tiers[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+            for (j, u) in t.webhooks.iter().enumerate() {
+                let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                    && reqwest::Url::parse(u).is_ok_and(|p| p.host_str().is_some());
+                if !ok {
+                    return Err(invalid(
+                        format!("escalation.tiers[{i}].webhooks[{j}]"),
+                        "a webhook is an http:// or https:// URL (HEARTH_WEBHOOK_URL adds to tier 1)",
+                    ));
+                }
+                any_webhook = true;
+            }
+        }
+        if any_webhook && e.webhook_secret.is_none() {
+            return Err(invalid(
+                "HEARTH_WEBHOOK_SECRET",
+                "webhooks are configured, so set HEARTH_WEBHOOK_SECRET: every delivery is signed (X-Hearth-Signature)",
+            ));
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -358,6 +479,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_escalation()?;
         if c.node_timeout_ms < 3 * c.health_interval_ms.min(1000) {
             return Err(invalid(
                 "cluster.node_timeout_ms",

@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod durable;
+pub mod escalation;
 pub mod fanout;
 pub mod http;
 pub mod hub;

@@ -32,6 +32,14 @@ pub struct Metrics {
     pub reports: AtomicU64,
     pub support_sent: AtomicU64,
     pub flags: AtomicU64,
+    /// Escalations raised, by level: concern, high, imminent.
+    pub escalations_raised: [AtomicU64; 3],
+    pub escalations_open: AtomicI64,
+    pub escalations_acknowledged: AtomicI64,
+    pub escalation_rounds: AtomicU64,
+    pub escalation_deliveries: AtomicU64,
+    pub escalation_delivery_failures: AtomicU64,
+    pub escalation_dead_letters: AtomicU64,
     /// Cluster mode: the Redis series below are rendered.
     pub cluster: AtomicBool,
     pub redis_up: AtomicBool,
@@ -49,6 +57,15 @@ struct Histogram {
 }
 
 impl Metrics {
+    pub fn count_escalation(&self, level: &str) {
+        let i = match level {
+            "concern" => 0,
+            "high" => 1,
+            _ => 2,
+        };
+        Metrics::inc(&self.escalations_raised[i]);
+    }
+
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
     }
@@ -178,6 +195,47 @@ impl Metrics {
             "hearth_flags_total",
             "Messages flagged to watching staff (crisis signals, method details, urging).",
             self.flags.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP hearth_escalations_raised_total Escalations raised, by crisis level.\n# TYPE hearth_escalations_raised_total counter"
+        );
+        for (i, level) in ["concern", "high", "imminent"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "hearth_escalations_raised_total{{level=\"{level}\"}} {}",
+                self.escalations_raised[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP hearth_escalations Escalations held by this node, by state (resolved ones are not counted).\n# TYPE hearth_escalations gauge\nhearth_escalations{{state=\"open\"}} {}\nhearth_escalations{{state=\"acknowledged\"}} {}",
+            self.escalations_open.load(Relaxed),
+            self.escalations_acknowledged.load(Relaxed)
+        );
+        c(
+            &mut o,
+            "hearth_escalation_rounds_total",
+            "Times an escalation was told again: moved up a tier, or re-triggered while unresolved.",
+            self.escalation_rounds.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "hearth_escalation_deliveries_total",
+            "Escalations a hook (webhook) accepted.",
+            self.escalation_deliveries.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "hearth_escalation_delivery_failures_total",
+            "Failed escalation delivery attempts (each is retried).",
+            self.escalation_delivery_failures.load(Relaxed),
+        );
+        c(
+            &mut o,
+            "hearth_escalation_dead_letters_total",
+            "Escalation deliveries given up after every attempt failed (shown to staff).",
+            self.escalation_dead_letters.load(Relaxed),
         );
         if self.cluster.load(Relaxed) {
             g(

@@ -121,8 +121,9 @@ pub enum StaffFrame {
     Release(MessageRef),
     Announce(Send),
     DismissReport(DismissReport),
-    /// Escalation frames (`ack`, `resolve`, `care`): arrive with safety.
-    Escalation(&'static str),
+    Ack(EscalationRef),
+    Resolve(Resolve),
+    Care(EscalationRef),
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +171,18 @@ pub struct Lock {
 #[derive(Debug, Deserialize)]
 pub struct DismissReport {
     pub report: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EscalationRef {
+    pub escalation: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Resolve {
+    pub escalation: String,
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// Frame types only staff may send; peers get `forbidden`.
@@ -270,7 +283,10 @@ fn staff_frame(ty: &'static str, map: Map<String, Value>) -> Result<StaffFrame, 
         "release" => StaffFrame::Release(typed(map, ty)?),
         "announce" => StaffFrame::Announce(typed(map, ty)?),
         "dismiss_report" => StaffFrame::DismissReport(typed(map, ty)?),
-        other => StaffFrame::Escalation(other),
+        "ack" => StaffFrame::Ack(typed(map, ty)?),
+        "resolve" => StaffFrame::Resolve(typed(map, ty)?),
+        // STAFF_TYPES holds nothing else.
+        _ => StaffFrame::Care(typed(map, ty)?),
     })
 }
 

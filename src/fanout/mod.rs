@@ -128,6 +128,16 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The room's last `n` messages (encoded `message` events, oldest
+    /// first), for an escalation's excerpt.
+    pub async fn history_for_excerpt(
+        &self,
+        room: u32,
+        n: usize,
+    ) -> Result<Vec<Utf8Bytes>, FanoutError> {
+        Ok(self.history(room, None, n).await?.items)
+    }
+
     /// Readies the room for a join on this node (cluster mode: subscribes
     /// to its channel before history is read).
     pub async fn prepare(&self, room: u32) -> Result<(), FanoutError> {

@@ -7,7 +7,7 @@
 //! calls the hub; it never changes room state directly.
 
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,7 +16,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState};
-use crate::hub::{Action, Actor, HubError};
+use crate::escalation::State as EscState;
+use crate::hub::{Action, Actor, EscalationAction, HubError};
 use crate::protocol::{self, ClientFrame, ErrorCode, StaffFrame};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -27,6 +28,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/staff/reports", get(reports))
         .route("/api/staff/audit", get(audit))
         .route("/api/staff/tokens/revoke", post(revoke))
+        .route("/api/staff/escalations", get(escalations))
+        .route("/api/staff/escalations/{id}", get(escalation))
+        .route("/api/staff/escalations/{id}/ack", post(ack))
+        .route("/api/staff/escalations/{id}/resolve", post(resolve))
 }
 
 /// A signed-in staff member, from the bearer token.
@@ -145,10 +150,19 @@ async fn action(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
     };
     let action = match Action::from_frame(frame) {
         Ok(a) => a,
-        Err(StaffFrame::Escalation(t)) => {
-            return bad_request(format!(
-                "\"{t}\" works on escalations, which this server does not raise yet."
-            ))
+        Err(StaffFrame::Ack(r)) => {
+            let act = EscalationAction::Ack { id: r.escalation };
+            return escalation_reply(app.hub.escalation_action(&staff.actor, act).await);
+        }
+        Err(StaffFrame::Resolve(r)) => {
+            let act = EscalationAction::Resolve {
+                id: r.escalation,
+                note: r.note,
+            };
+            return escalation_reply(app.hub.escalation_action(&staff.actor, act).await);
+        }
+        Err(StaffFrame::Care(_)) => {
+            return bad_request("Care rooms are not available on this server yet.")
         }
         Err(_) => return bad_request("Watching a room needs a WebSocket connection (/ws)."),
     };
@@ -276,6 +290,120 @@ async fn revoke(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
     };
     match app.hub.revoke(&staff.actor, &b.jti, b.exp).await {
         Ok(()) => Json(json!({ "ok": true })).into_response(),
+        Err(e) => hub_error(&e),
+    }
+}
+
+/// `GET /api/staff/escalations?state=open,acknowledged&room=…`: oldest
+/// first. Without `state`, the ones not yet resolved.
+async fn escalations(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if let Err(r) = authorise(&app, &headers).await {
+        return r;
+    }
+    let q = Params::parse(raw);
+    let states = match q.get("state") {
+        None => vec![EscState::Open, EscState::Acknowledged],
+        Some(list) => {
+            let mut out = Vec::new();
+            for s in list.split(',') {
+                match s {
+                    "open" => out.push(EscState::Open),
+                    "acknowledged" => out.push(EscState::Acknowledged),
+                    "resolved" => out.push(EscState::Resolved),
+                    "all" => out.extend([EscState::Open, EscState::Acknowledged, EscState::Resolved]),
+                    _ => {
+                        return bad_request(
+                            "\"state\" is a comma-separated list of open, acknowledged, resolved (or all).",
+                        )
+                    }
+                }
+            }
+            out
+        }
+    };
+    let list = app.hub.escalation_list(&states, q.get("room"));
+    Json(json!({ "escalations": list })).into_response()
+}
+
+async fn escalation(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorise(&app, &headers).await {
+        return r;
+    }
+    match app.hub.escalations().view(&id) {
+        Some(v) => Json(v).into_response(),
+        None => escalation_reply(Err(HubError::NoSuchEscalation(id))),
+    }
+}
+
+async fn ack(State(app): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let staff = match authorise(&app, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let act = EscalationAction::Ack { id };
+    escalation_reply(app.hub.escalation_action(&staff.actor, act).await)
+}
+
+#[derive(Deserialize, Default)]
+struct ResolveBody {
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// `POST /api/staff/escalations/{id}/resolve`, optionally with
+/// `{"note": "…"}`.
+async fn resolve(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let staff = match authorise(&app, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let parsed: ResolveBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ResolveBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(_) => return bad_request("The body must be empty or {\"note\": \"…\"}."),
+        }
+    };
+    let act = EscalationAction::Resolve {
+        id,
+        note: parsed.note,
+    };
+    escalation_reply(app.hub.escalation_action(&staff.actor, act).await)
+}
+
+/// The record, or 404 for an unknown escalation and 409 for one already
+/// resolved.
+fn escalation_reply(r: Result<serde_json::Value, HubError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e @ HubError::NoSuchEscalation(_)) => ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: e.code(),
+            message: e.sentence(),
+            retry_after_ms: None,
+        }
+        .into_response(),
+        Err(e @ HubError::EscalationResolved(_)) => ApiError {
+            status: StatusCode::CONFLICT,
+            code: e.code(),
+            message: e.sentence(),
+            retry_after_ms: None,
+        }
+        .into_response(),
         Err(e) => hub_error(&e),
     }
 }

@@ -7,12 +7,14 @@
 //! numbers and stores them and delivers them back through `RoomTable`.
 //! It never touches a socket and never awaits one.
 
+mod escalate;
 mod moderation;
 mod pseudonym;
 pub(crate) mod rooms;
 mod screening;
 mod staff;
 
+pub use escalate::EscalationAction;
 pub use moderation::{Action, Actor, Outcome};
 pub use staff::{StaffLogin, StaffSession};
 
@@ -32,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::durable::DurableLog;
+use crate::escalation::Escalations;
 use crate::fanout::memory::MemoryFanout;
 use crate::fanout::redis::{JoinOutcome, RedisFanout, SessionRecord};
 use crate::fanout::{Backend, Control, Draft, EventKind, Fanout, FanoutError};
@@ -78,6 +81,10 @@ pub enum HubError {
     RoomLocked,
     #[error("slow mode")]
     SlowMode { retry_after_ms: u64 },
+    #[error("no such escalation")]
+    NoSuchEscalation(String),
+    #[error("escalation already resolved")]
+    EscalationResolved(String),
 }
 
 impl HubError {
@@ -97,6 +104,9 @@ impl HubError {
             HubError::Banned { .. } => ErrorCode::Banned,
             HubError::RoomLocked => ErrorCode::RoomLocked,
             HubError::SlowMode { .. } => ErrorCode::SlowMode,
+            HubError::NoSuchEscalation(_) | HubError::EscalationResolved(_) => {
+                ErrorCode::BadRequest
+            }
         }
     }
 
@@ -116,6 +126,14 @@ impl HubError {
             ),
             HubError::Blocked(why) => (*why).to_string(),
             HubError::BadRequest(why) => (*why).to_string(),
+            HubError::NoSuchEscalation(id) => format!(
+                "There is no escalation {:?} (it may have been removed after its retention period).",
+                id.chars().take(40).collect::<String>()
+            ),
+            HubError::EscalationResolved(id) => format!(
+                "Escalation {:?} is already resolved.",
+                id.chars().take(40).collect::<String>()
+            ),
             other => other.code().sentence().to_string(),
         }
     }
@@ -148,6 +166,8 @@ pub enum StartError {
     Safety(String),
     #[error("the data directory cannot keep safety data durably: {0}")]
     Data(#[from] crate::durable::DurableError),
+    #[error("escalations cannot start: {0}")]
+    Escalation(String),
 }
 
 impl From<FanoutError> for HubError {
@@ -311,6 +331,8 @@ struct HubInner {
     staff_secret: Option<StaffSecret>,
     /// The crisis classifier and policy filters (rules from config/safety).
     classifier: Classifier,
+    /// Durable escalation records, their hooks and deadlines.
+    escalations: Arc<Escalations>,
     // parking_lot: revoked token ids and their expiry (s), looked up and
     // changed briefly, never across `.await`.
     revoked: Mutex<HashMap<String, u64>>,
@@ -398,9 +420,21 @@ impl HubHandle {
             (None, None, HashMap::new())
         };
         let classifier = Classifier::builtin().map_err(|e| StartError::Safety(e.to_string()))?;
+        let hooks = Escalations::hooks_from_config(&cfg.escalation)
+            .map_err(|e| StartError::Escalation(e.to_string()))?;
+        let escalations = Arc::new(
+            Escalations::open(
+                cfg.escalation.clone(),
+                &cfg.server.data_dir,
+                hooks,
+                metrics.clone(),
+            )
+            .map_err(|e| StartError::Escalation(e.to_string()))?,
+        );
         let hub = HubHandle {
             inner: Arc::new(HubInner {
                 classifier,
+                escalations,
                 staff_secret,
                 revoked: Mutex::new(revoked),
                 revocations,
@@ -421,6 +455,9 @@ impl HubHandle {
         if let Backend::Redis(r) = &hub.inner.backend {
             r.set_control(Arc::new(ControlHandler(Arc::downgrade(&hub.inner))));
         }
+        hub.inner
+            .escalations
+            .set_outlet(Arc::new(escalate::HubOutlet(Arc::downgrade(&hub.inner))));
         Ok(hub)
     }
 
@@ -428,6 +465,12 @@ impl HubHandle {
     /// the Redis subscriber, dispatcher and health checks.
     pub fn spawn_background(&self, tracker: &TaskTracker) {
         tracker.spawn(self.clone().run_maintenance());
+        tracker.spawn(
+            self.inner
+                .escalations
+                .clone()
+                .run(self.inner.shutdown.clone()),
+        );
         if let Backend::Redis(r) = &self.inner.backend {
             r.spawn(tracker, &self.inner.shutdown);
         }

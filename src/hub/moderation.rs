@@ -118,9 +118,11 @@ impl Action {
                 text: a.text,
             },
             StaffFrame::DismissReport(d) => Action::DismissReport { report: d.report },
-            other @ (StaffFrame::Watch(_) | StaffFrame::Unwatch(_) | StaffFrame::Escalation(_)) => {
-                return Err(other)
-            }
+            other @ (StaffFrame::Watch(_)
+            | StaffFrame::Unwatch(_)
+            | StaffFrame::Ack(_)
+            | StaffFrame::Resolve(_)
+            | StaffFrame::Care(_)) => return Err(other),
         })
     }
 
@@ -273,6 +275,9 @@ impl HubHandle {
         .encode();
         h.rooms.push(&conn.outbox, reply.into());
         for frame in reports {
+            h.rooms.push(&conn.outbox, frame);
+        }
+        for frame in self.escalation_queue(&conn.member, Some(room_id)) {
             h.rooms.push(&conn.outbox, frame);
         }
         for (seq, frame) in held {

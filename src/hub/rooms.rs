@@ -52,6 +52,14 @@ impl Attach {
             | Attach::Detached { conn } => *conn,
         }
     }
+
+    /// The connection's outbox, while it has one attached.
+    pub(crate) fn outbox(&self) -> Option<&Arc<Outbox>> {
+        match self {
+            Attach::Live { outbox, .. } | Attach::Pending { outbox, .. } => Some(outbox),
+            Attach::Paused { .. } | Attach::Detached { .. } => None,
+        }
+    }
 }
 
 pub(crate) struct RoomMember {

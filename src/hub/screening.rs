@@ -1,7 +1,7 @@
 //! The safety step of the send pipeline: asks `safety` for its judgement
 //! on a message and carries out what follows from it for the people
 //! involved: the private `support` event for the sender, and the `flag` for
-//! watching staff. Escalations build on this step.
+//! watching staff, and (for the levels configured) an escalation.
 //!
 //! It decides nothing itself (the classifier and the `[safety]` config do)
 //! and never punishes a disclosure: distress alone never blocks a message.
@@ -63,6 +63,13 @@ impl HubHandle {
             self.room_event(room.idx, "", &frame, EventKind::Staff)
                 .await;
             Metrics::inc(&h.metrics.flags);
+        }
+        if crisis {
+            // Stored (and synced) before the send is answered, so the
+            // person's message and its escalation cannot be separated by a
+            // crash.
+            self.maybe_escalate(conn, room.idx, room_id, id, text, &a)
+                .await;
         }
         verdict
     }

@@ -16,7 +16,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Action, Actor, Conn, HubError, HubHandle};
+use crate::hub::{Action, Actor, Conn, EscalationAction, HubError, HubHandle};
 use crate::metrics::Metrics;
 use crate::protocol::{
     self, close, ClientFrame, ErrorCode, Limits, Ref, ServerFrame, ServerInfo, StaffFrame,
@@ -423,6 +423,24 @@ impl Session {
 
     /// A staff frame. Peers get `forbidden` whatever its fields; staff whose
     /// token has expired or was revoked get `unauthorized` and close 4003.
+    async fn on_escalation(&mut self, rf: Option<&Ref>, actor: &Actor, act: EscalationAction) {
+        match self.hub.escalation_action(actor, act).await {
+            Ok(v) => {
+                let id = v["id"].as_str().map(str::to_string);
+                self.push(
+                    ServerFrame::Ok {
+                        rf,
+                        id: id.as_deref(),
+                        seq: None,
+                        held: None,
+                    }
+                    .encode(),
+                )
+            }
+            Err(e) => self.hub_error(rf, &e),
+        }
+    }
+
     async fn on_staff(
         &mut self,
         rf: Option<&Ref>,
@@ -468,14 +486,25 @@ impl Session {
                 }
                 return None;
             }
-            Err(other) => {
-                let t = match other {
-                    StaffFrame::Escalation(t) => t,
-                    _ => "this",
+            Err(StaffFrame::Ack(r)) => {
+                let act = EscalationAction::Ack { id: r.escalation };
+                self.on_escalation(rf, &actor, act).await;
+                return None;
+            }
+            Err(StaffFrame::Resolve(r)) => {
+                let act = EscalationAction::Resolve {
+                    id: r.escalation,
+                    note: r.note,
                 };
-                let msg =
-                    format!("\"{t}\" works on escalations, which this server does not raise yet.");
-                self.error(rf, ErrorCode::BadRequest, &msg);
+                self.on_escalation(rf, &actor, act).await;
+                return None;
+            }
+            Err(_) => {
+                self.error(
+                    rf,
+                    ErrorCode::BadRequest,
+                    "Care rooms are not available on this server yet; reach the person through the room for now.",
+                );
                 return None;
             }
         };
@@ -544,6 +573,10 @@ impl Session {
         }
         .encode();
         self.push(frame);
+        // Staff who sign in learn at once what is waiting for them.
+        for f in self.hub.escalation_queue(&welcome.conn.member, None) {
+            let _ = self.outbox.push(f);
+        }
         let mut conn = welcome.conn;
         // For support resources in the person's language; a locale tag is
         // short, anything longer is not one.

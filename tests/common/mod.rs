@@ -9,6 +9,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod redis;
+pub mod webhook;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -335,6 +336,15 @@ impl TestHub {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the server process with SIGKILL (no shutdown path runs) and
+    /// waits for it to be gone.
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        if let Ok(s) = self.child.wait() {
+            self.exited = Some(s);
         }
     }
 
