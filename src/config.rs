@@ -138,6 +138,9 @@ pub struct HistoryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SafetyConfig {
+    /// How long earlier signals of one person count towards a later
+    /// message's level (the per-person risk memory, in memory only).
+    pub risk_window_secs: u64,
     pub concern: LevelAction,
     pub high: LevelAction,
     pub imminent: LevelAction,
@@ -437,6 +440,7 @@ impl Config {
         }
         positive("cluster.fanout_queue", c.fanout_queue as u64)?;
         let sf = &self.safety;
+        positive("safety.risk_window_secs", sf.risk_window_secs)?;
         if !sf.support.iter().any(|t| t.language == "en") {
             return Err(invalid(
                 "safety.support",

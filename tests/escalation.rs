@@ -481,3 +481,39 @@ async fn webhooks_without_a_secret_refuse_to_start_with_a_clear_message() {
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("HEARTH_WEBHOOK_SECRET"), "{text}");
 }
+
+#[tokio::test]
+async fn earlier_signals_from_the_same_person_raise_a_later_message() {
+    let hub = hub_with(|_| {}, None).await;
+    let (mut doc, _) = clinician(&hub).await;
+    let mut p = peer(&hub).await;
+    let mut other = peer(&hub).await;
+    p.send_text(ROOM, "gave my guitar to my brother and sorted my will")
+        .await;
+    // The same words from someone without that history stay below high.
+    other
+        .send_text(ROOM, "i'm fine now 🙂 don't worry about me")
+        .await;
+    tokio::time::sleep(QUIET).await;
+    let before: Vec<Value> = drain(&mut doc).await;
+    assert!(
+        before.iter().all(|v| v["type"] != "escalation"),
+        "no escalation yet: {before:?}"
+    );
+    drain(&mut p).await;
+    p.send_text(ROOM, "i'm fine now 🙂 don't worry about me")
+        .await;
+    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    assert_eq!(e["peer"]["id"], p.id.as_str(), "{e}");
+    assert_eq!(e["level"], "high", "{e}");
+    assert!(
+        e["signals"].to_string().contains("context."),
+        "the context rule is named: {e}"
+    );
+    let got = drain(&mut p).await;
+    assert!(
+        got.iter()
+            .any(|v| v["type"] == "support" && v["level"] == "high"),
+        "{got:?}"
+    );
+}

@@ -41,6 +41,7 @@ use crate::fanout::{Backend, Control, Draft, EventKind, Fanout, FanoutError};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ErrorCode, Member, Ref, Role, RoomInfo, ServerFrame, Since};
 use crate::safety::classifier::Classifier;
+use crate::safety::context::{RiskMemory, RiskMemoryConfig};
 use crate::safety::{self, Limited, Limiters, TextError, Verdict};
 use crate::session::outbox::{CloseReason, Outbox};
 use crate::staff::token::StaffSecret;
@@ -333,6 +334,8 @@ struct HubInner {
     classifier: Classifier,
     /// Durable escalation records, their hooks and deadlines.
     escalations: Arc<Escalations>,
+    // parking_lot: one observe per screened message, never across `.await`.
+    risk: Mutex<RiskMemory>,
     // parking_lot: revoked token ids and their expiry (s), looked up and
     // changed briefly, never across `.await`.
     revoked: Mutex<HashMap<String, u64>>,
@@ -435,6 +438,10 @@ impl HubHandle {
             inner: Arc::new(HubInner {
                 classifier,
                 escalations,
+                risk: Mutex::new(RiskMemory::new(RiskMemoryConfig {
+                    window_ms: cfg.safety.risk_window_secs.saturating_mul(1000),
+                    ..RiskMemoryConfig::default()
+                })),
                 staff_secret,
                 revoked: Mutex::new(revoked),
                 revocations,

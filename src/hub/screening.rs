@@ -29,7 +29,19 @@ impl HubHandle {
         text: &str,
     ) -> Verdict {
         let h = &self.inner;
-        let a = h.classifier.assess(text, room_id);
+        let mut a = h.classifier.assess(text, room_id);
+        if conn.staff.is_none() {
+            // Earlier signals from the same person can raise this level.
+            let ctx = h
+                .risk
+                .lock()
+                .observe(&conn.key.to_string(), super::now_ms(), &a);
+            if let Some(rule) = ctx.raised_by {
+                a.level = ctx.level;
+                a.categories = ctx.categories;
+                a.signals.push(rule);
+            }
+        }
         let verdict = self.verdict_for(&a);
         let crisis = a.level > Level::None;
         if crisis || a.help_seeking {

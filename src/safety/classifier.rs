@@ -307,6 +307,9 @@ families! {
     HappeningNow => "happening_now",
     Deferral => "deferral",
     IntentDenial => "intent_denial",
+    // "i'm fine 🙂", "estoy bien": masking when it comes with a farewell or
+    // preparation; reported as a signal for the risk memory (`context`).
+    Reassurance => "reassurance",
     // Modifiers.
     Negation => "negation",
     NegationPseudo => "negation_pseudo",
@@ -321,6 +324,12 @@ families! {
     Habitual => "habitual",
     GriefOther => "grief_other",
     HelpSeeking => "help_seeking",
+    // An ordinary reason for a preparation-like act or a means ("for my
+    // climbing course", "charity shop", "me lo recomendó la psicóloga").
+    Ordinary => "ordinary",
+    // Someone hypothetical in a help-seeking question ("what do i say to a
+    // mate who …", "cómo ayudo a alguien que …").
+    Hypothetical => "hypothetical",
     SubjectSelf => "subject_self",
     SubjectOther => "subject_other",
     HarmReduction => "harm_reduction",
@@ -367,6 +376,8 @@ families! {
     Year => "year",
     EmailWord => "email_word",
     DotWord => "dot_word",
+    Travel => "travel",
+    HoardVerb => "hoard_verb",
     Tld => "tld",
     // Policy.
     Urging => "urging",
@@ -1459,6 +1470,7 @@ impl Ctx<'_> {
         }
         let levity = self.alive(Fam::Levity);
         let recovery = self.alive(Fam::Recovery);
+        let help_seeking = self.alive(Fam::HelpSeeking);
         for i in 0..n {
             let h = self.hits[i];
             if h.dead {
@@ -1496,6 +1508,28 @@ impl Ctx<'_> {
                     true
                 }
                 Fam::Sourcing if self.alive_in_sentence(Fam::HarmReduction, sent) => true,
+                // An ordinary reason makes a preparation-like act or a means
+                // ordinary ("bought a rope for my climbing course saturday",
+                // "giving away clothes to the charity shop").
+                Fam::Preparation | Fam::MeansAtHand | Fam::Stockpile
+                    if self.alive_in_sentence(Fam::Ordinary, sent) =>
+                {
+                    true
+                }
+                // "what do i say to a mate who tells me they're suicidal?":
+                // the risk words describe someone hypothetical in a request
+                // for help, not a disclosure.
+                f if help_seeking
+                    && (f.risk().is_some() || f.is_raiser())
+                    && self.hits.iter().any(|q| {
+                        !q.dead
+                            && q.fam == Fam::Hypothetical
+                            && q.e <= h.s
+                            && self.sentence(q.s) == sent
+                    }) =>
+                {
+                    true
+                }
                 _ => false,
             };
             if dead {
@@ -1527,7 +1561,8 @@ impl Ctx<'_> {
             let consumed = self.hits.iter().any(|o| {
                 !o.dead
                     && o.fam != Fam::Negation
-                    && (o.fam.negatable() || o.fam == Fam::IntentDenial || o.fam == Fam::Deferral)
+                    && (o.fam.negatable()
+                        || matches!(o.fam, Fam::IntentDenial | Fam::Deferral | Fam::Reassurance))
                     && o.overlaps(cue)
             });
             if !consumed {
@@ -1631,6 +1666,18 @@ impl Ctx<'_> {
 
     /// Step 5: levels per person and category.
     fn ladders(&self, signals: &mut Vec<&'static str>) -> (Level, Vec<Category>) {
+        // Farewells, preparation and masking are reported even when the
+        // message alone is not a crisis: the risk memory (`context`) joins
+        // them across messages.
+        for h in self.hits.iter().filter(|h| {
+            !h.dead
+                && matches!(
+                    h.fam,
+                    Fam::Goodbye | Fam::Finality | Fam::Preparation | Fam::Reassurance
+                )
+        }) {
+            signals.push(h.fam.name());
+        }
         let shared = Shared::collect(self);
         let me = Feat::collect(self, Person::Me);
         let other = Feat::collect(self, Person::Other);
@@ -1899,6 +1946,13 @@ struct Shared {
     means: bool,
     means_drug: bool,
     means_lethal: bool,
+    /// A non-drug means held right now (a blade, a rope), not an emoji.
+    means_in_hand: bool,
+    /// A lethal count of a drug that someone has or keeps (the quantity
+    /// rule): a stockpile, whatever words were used.
+    hoard: bool,
+    /// "i'm fine 🙂", "estoy bien, tranquilos".
+    reassured: bool,
     use_context: bool,
 }
 
@@ -1934,6 +1988,10 @@ impl Shared {
             means: means().next().is_some(),
             means_drug: means().any(|h| h.drug || cx.overlaps_fam(h, Fam::Drug)),
             means_lethal: means().any(|h| !(h.drug || cx.overlaps_fam(h, Fam::Drug))),
+            means_in_hand: alive(Fam::MeansAtHand)
+                .any(|h| !(h.drug || cx.overlaps_fam(h, Fam::Drug))),
+            hoard: alive(Fam::MeansAtHand).any(|h| h.drug && h.value >= LETHAL_COUNT),
+            reassured: alive(Fam::Reassurance).next().is_some(),
             use_context: cx.room == "substance-use"
                 || [Fam::UseVerb, Fam::Relapse]
                     .iter()
@@ -1977,6 +2035,9 @@ struct Feat {
     abuse_control: u32,
     abuse_fear: bool,
     prep: bool,
+    /// Distinct preparation acts ("deleted my socials, paid what i owe,
+    /// letter's on the fridge"): two or more are a plan on their own.
+    prep_acts: u32,
     finality: bool,
     goodbye: bool,
     intent: bool,
@@ -2028,7 +2089,19 @@ impl Feat {
                 Fam::AbuseThreat => f.abuse_threat = true,
                 Fam::AbuseControl => f.abuse_control += 1,
                 Fam::AbuseFear => f.abuse_fear = true,
-                Fam::Preparation => f.prep = true,
+                Fam::Preparation => {
+                    f.prep = true;
+                    // Overlapping phrases ("gave away my", "gave away") are
+                    // one act.
+                    let counted = cx.hits.iter().any(|o| {
+                        !o.dead
+                            && o.fam == Fam::Preparation
+                            && o.person == person
+                            && o.overlaps(h)
+                            && (o.s, o.e) < (h.s, h.e)
+                    });
+                    f.prep_acts += u32::from(!counted);
+                }
                 Fam::Finality => f.finality = true,
                 Fam::Goodbye => f.goodbye = true,
                 Fam::Intent => f.intent = true,
@@ -2059,7 +2132,8 @@ impl Feat {
         };
 
         // Suicide.
-        let (sl, overdose_too) = self.suicide(sh, bereavement);
+        let hoard = sh.hoard && person == Person::Me;
+        let (sl, overdose_too) = self.suicide(sh, bereavement, hoard);
         if sl > Level::None {
             // An attempt by overdose while using is an overdose, not (only)
             // a suicide attempt; with no other sign of suicide, say so.
@@ -2072,6 +2146,7 @@ impl Feat {
                 || self.method_research
                 || self.lethality
                 || self.stockpile
+                || hoard
                 || self.prep
                 || self.finality
                 || self.goodbye
@@ -2089,7 +2164,8 @@ impl Feat {
         }
 
         // Self-harm.
-        let shl = if self.sh_severe {
+        // An urge with the blade already in hand is an act about to happen.
+        let shl = if self.sh_severe || (self.sh_urge && sh.means_in_hand) {
             Level::Imminent
         } else if self.sh_act || (self.sh_urge && (sh.means || sh.timeframe)) {
             Level::High
@@ -2112,7 +2188,13 @@ impl Feat {
 
         // Abuse.
         let severe = self.abuse_act || self.abuse_threat;
-        let abl = if severe && (sh.now || sh.means_lethal || (self.abuse_threat && sh.timeframe)) {
+        // A threat to life from someone who has already been violent is a
+        // threat to life now (the lethality questions of DV risk checklists).
+        let abl = if severe
+            && (sh.now
+                || sh.means_lethal
+                || (self.abuse_threat && (sh.timeframe || self.abuse_act)))
+        {
             Level::Imminent
         } else if severe || self.abuse_control >= 2 || (self.abuse_control >= 1 && self.abuse_fear)
         {
@@ -2131,8 +2213,9 @@ impl Feat {
     /// ideation, a method or a lethality question is high; with means,
     /// timeframe, preparation or a goodbye it is imminent. Also returns
     /// whether drugs are the means.
-    fn suicide(&self, sh: &Shared, bereavement: bool) -> (Level, bool) {
+    fn suicide(&self, sh: &Shared, bereavement: bool, hoard: bool) -> (Level, bool) {
         let drug = self.drug_signal || sh.means_drug;
+        let stockpile = self.stockpile || hoard;
         if self.attempt {
             return (Level::Imminent, drug);
         }
@@ -2145,11 +2228,15 @@ impl Feat {
             self.isolation,
             self.unreachable,
             sh.deferral,
+            // Several distinct preparation acts are a plan by themselves.
+            self.prep_acts >= 2,
         ]
         .iter()
         .filter(|b| **b)
         .count();
-        let weak = [sh.means, self.goodbye, self.intent]
+        // "i'm fine 🙂" next to a farewell or preparation is masking.
+        let masking = sh.reassured && (self.prep || self.finality || self.goodbye);
+        let weak = [sh.means, self.goodbye, self.intent, masking]
             .iter()
             .filter(|b| **b)
             .count();
@@ -2201,7 +2288,7 @@ impl Feat {
                 },
             );
         }
-        if self.stockpile {
+        if stockpile {
             let more = strong + usize::from(self.goodbye) + usize::from(self.intent) + time;
             level = level.max(if more >= 1 {
                 Level::Imminent
@@ -2684,6 +2771,160 @@ mod tests {
         for t in ["i'm going to kill myself tonight", "bit.ly/x1", "hello"] {
             assert_eq!(from_dir.assess(t, "anxiety"), c().assess(t, "anxiety"));
         }
+    }
+
+    #[test]
+    fn an_ordinary_reason_disarms_preparation_and_means() {
+        assert_eq!(
+            level("bought a rope for the climbing wall on saturday, so nervous"),
+            Level::None
+        );
+        assert_eq!(
+            level("giving away my old books to the charity shop"),
+            Level::None
+        );
+        assert_eq!(
+            level("estoy regalando mis muebles porque me mudo"),
+            Level::None
+        );
+        // Without the reason the same acts still count.
+        assert!(level("bought a rope. doing it saturday") >= Level::High);
+    }
+
+    #[test]
+    fn a_hypothetical_person_in_a_help_question_is_not_a_disclosure() {
+        let a = c().assess(
+            "how do i help someone who says they want to kill themselves?",
+            "anxiety",
+        );
+        assert!(a.level < Level::High, "{a:?}");
+        let a = c().assess(
+            "qué le digo a una amiga que dice que se quiere matar?",
+            "anxiety",
+        );
+        assert!(a.level < Level::High, "{a:?}");
+        // A named friend at risk is still a third party at risk.
+        assert_eq!(
+            level("my friend says she'll jump off the bridge tonight, what do i do"),
+            Level::Imminent
+        );
+    }
+
+    #[test]
+    fn masking_next_to_a_farewell_is_imminent() {
+        assert_eq!(
+            level("i'm fine now 🙂 said my goodbyes, everything's sorted"),
+            Level::Imminent
+        );
+        assert_eq!(
+            level("ya me despedí de todos, estoy bien 🙂"),
+            Level::Imminent
+        );
+        // "i'm fine" alone is nothing, and is reported for the risk memory.
+        let a = c().assess("i'm fine, don't worry about me", "anxiety");
+        assert_eq!(a.level, Level::None);
+        assert!(a.signals.contains(&"reassurance"), "{:?}", a.signals);
+    }
+
+    #[test]
+    fn several_preparation_acts_are_a_plan() {
+        assert_eq!(
+            level("deleted all my socials, paid off what i owe, letter's on the fridge"),
+            Level::Imminent
+        );
+        assert_eq!(
+            level("dejé todo ordenado, pagué mis deudas y cerré mis cuentas"),
+            Level::Imminent
+        );
+        // One act alone is a worrying sign, not a plan.
+        assert_eq!(level("paid off what i owe this month"), Level::Concern);
+    }
+
+    #[test]
+    fn a_lethal_count_held_is_a_stockpile() {
+        assert_eq!(level("got 45 tablets lined up in my drawer"), Level::High);
+        assert_eq!(
+            level("got 45 tablets lined up. waiting for everyone to go to sleep"),
+            Level::Imminent
+        );
+        assert_eq!(
+            level("he estado guardando mis pastillas para dormir"),
+            Level::High
+        );
+    }
+
+    #[test]
+    fn urge_with_the_means_in_hand_is_imminent() {
+        assert_eq!(
+            level("the blade is in my hand and i can't stop myself this time"),
+            Level::Imminent
+        );
+        assert_eq!(
+            level("tengo la cuchilla en la mano y no puedo parar"),
+            Level::Imminent
+        );
+        assert_eq!(
+            level("part of me wants to go back to the blade"),
+            Level::Concern
+        );
+    }
+
+    #[test]
+    fn threat_after_violence_is_a_threat_to_life() {
+        assert_eq!(
+            level("he says he'll kill me if i leave and he's broken my arm before"),
+            Level::Imminent
+        );
+        assert_eq!(level("my ex threatens me all the time"), Level::High);
+    }
+
+    #[test]
+    fn travelling_to_a_lethal_place_is_being_there() {
+        assert_eq!(
+            level("driving to the cliffs now. i've decided"),
+            Level::Imminent
+        );
+        assert_eq!(level("voy camino al puente. ya lo decidí"), Level::Imminent);
+        assert_eq!(
+            level("driving to the bridge club tonight for cards"),
+            Level::None
+        );
+    }
+
+    #[test]
+    fn height_questions_and_research_are_lethality() {
+        assert!(level("how high does a building need to be to make sure") >= Level::High);
+        assert!(level("qué altura necesita un puente para no sobrevivir") >= Level::High);
+        assert!(level("been researching which meds are the deadliest") >= Level::High);
+        assert_eq!(
+            level("how high is the clifton suspension bridge?"),
+            Level::None
+        );
+    }
+
+    #[test]
+    fn finality_and_burden_together_are_high() {
+        assert!(level("won't be a problem for anyone much longer") >= Level::High);
+        assert!(level("ya no voy a ser un problema para nadie por mucho tiempo") >= Level::High);
+    }
+
+    #[test]
+    fn spanish_help_line_questions_are_help_seeking() {
+        let a = c().assess("cuál era el teléfono de ayuda para crisis?", "anxiety");
+        assert_eq!(a.level, Level::None);
+        assert!(a.help_seeking, "{a:?}");
+    }
+
+    #[test]
+    fn the_word_first_then_the_thought() {
+        assert_eq!(
+            level("s u i c i d e is all i think about lately"),
+            Level::High
+        );
+        assert_eq!(
+            in_room("his suicide is all i think about", "bereavement").level,
+            Level::None
+        );
     }
 
     /// Prints the mean cost per message. Timing belongs in `cargo bench`;

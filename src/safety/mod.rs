@@ -3,10 +3,12 @@
 //! Owns rate limits (`limits`), the text checks, the crisis classifier and
 //! policy filters (`classifier`, with its private `normalize` and `policy`
 //! scanners; rules in `config/safety/`), and the choice of support
-//! resources (`support`). It is pure: no I/O, no room state, no sockets;
-//! `hub` calls it and acts on the answer.
+//! resources (`support`) and the per-identity risk memory (`context`). It
+//! is pure: no I/O, no clock, no room state, no sockets; `hub` calls it and
+//! acts on the answer.
 
 pub mod classifier;
+pub mod context;
 pub mod limits;
 mod normalize;
 mod policy;

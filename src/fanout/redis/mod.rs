@@ -17,6 +17,7 @@
 //! re-join with `since` and are told about the gap honestly.
 
 mod cluster;
+mod escalations;
 mod link;
 
 pub use cluster::{ClusterJoin, JoinOutcome, Sanctions, SessionRecord};
@@ -33,6 +34,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use escalations::EscalationLog;
 use link::{Link, SubLink, Target};
 
 use super::memory::new_epoch;
