@@ -23,6 +23,7 @@ pub mod hook;
 pub mod webhook;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::EscalationConfig;
 use crate::durable::{DurableError, DurableLog};
+use crate::fanout::redis::EscalationLog;
 use crate::metrics::Metrics;
 use hook::{Hook, HookError, Outgoing};
 
@@ -173,7 +175,7 @@ struct Entry {
 }
 
 /// One line of the store. Folding them in order rebuilds every record.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "ev", rename_all = "snake_case")]
 enum Event {
     Open {
@@ -236,14 +238,37 @@ pub enum EscalationError {
     Store(#[from] DurableError),
     #[error("The escalation store could not be read: {0}")]
     Load(String),
+    #[error("The shared escalation log (Redis) could not be reached: {0}")]
+    Shared(String),
+}
+
+/// Where events are kept.
+enum Backing {
+    /// Embedded mode: the fsync'd event log under the data directory.
+    File(DurableLog),
+    /// Cluster mode: the Redis stream every node folds, plus a local spool
+    /// for escalations raised while Redis is unreachable.
+    Redis {
+        log: EscalationLog,
+        spool: Arc<DurableLog>,
+        /// Records in the spool not yet copied to Redis.
+        spooled: AtomicUsize,
+        lease_ms: u64,
+    },
 }
 
 /// The escalation service: one per node.
 pub struct Escalations {
     cfg: EscalationConfig,
-    store: DurableLog,
+    backing: Backing,
     // parking_lot: looked up and changed briefly, never across `.await`.
+    // Lock order: `table`, then `cursor`.
     table: Mutex<HashMap<String, Entry>>,
+    /// Cluster mode: the last stream id folded into `table`.
+    cursor: Mutex<Option<(u64, u64)>>,
+    /// This node delivers and enforces deadlines (always in embedded mode;
+    /// while it holds the lease in cluster mode).
+    worker: AtomicBool,
     /// Hooks per tier (index 0 = tier 1).
     tiers: Vec<Vec<Arc<dyn Hook>>>,
     outlet: OnceLock<Arc<dyn Outlet>>,
@@ -265,20 +290,41 @@ fn new_id(now: u64) -> String {
 }
 
 impl Escalations {
-    /// Opens the store under `dir` and rebuilds every record from it.
-    /// `tiers` are the hooks of each tier, in order.
+    /// Opens the store and rebuilds every record from it: the event log
+    /// under `dir` in embedded mode; in cluster mode (`shared` = the Redis
+    /// log and the lease time) the records come from Redis once it answers,
+    /// and the local spool under `dir` is replayed at once.
     pub fn open(
         cfg: EscalationConfig,
         dir: &std::path::Path,
         tiers: Vec<Vec<Arc<dyn Hook>>>,
         metrics: Arc<Metrics>,
+        shared: Option<(EscalationLog, u64)>,
     ) -> Result<Escalations, EscalationError> {
-        let store = DurableLog::open(dir, "escalations.log")?;
-        let events = store.read_all()?;
+        let (backing, events, worker) = match shared {
+            None => {
+                let store = DurableLog::open(dir, "escalations.log")?;
+                let events = store.read_all()?;
+                (Backing::File(store), events, true)
+            }
+            Some((log, lease_ms)) => {
+                let spool = DurableLog::open(dir, "escalations-spool.log")?;
+                let events = spool.read_all()?;
+                let backing = Backing::Redis {
+                    log,
+                    spool: Arc::new(spool),
+                    spooled: AtomicUsize::new(events.len()),
+                    lease_ms,
+                };
+                (backing, events, false)
+            }
+        };
         let svc = Escalations {
             cfg,
-            store,
+            backing,
             table: Mutex::new(HashMap::new()),
+            cursor: Mutex::new(None),
+            worker: AtomicBool::new(worker),
             tiers,
             outlet: OnceLock::new(),
             wake: Notify::new(),
@@ -288,12 +334,9 @@ impl Escalations {
         {
             let mut t = svc.table.lock();
             for (n, v) in events.into_iter().enumerate() {
-                let ev: Event = serde_json::from_value(v)
+                let ev = event_from_record(v)
                     .map_err(|e| EscalationError::Load(format!("record {}: {e}", n + 1)))?;
                 svc.fold(&mut t, ev);
-            }
-            for e in t.values() {
-                svc.count_state(None, Some(e.esc.state));
             }
         }
         Ok(svc)
@@ -368,8 +411,32 @@ impl Escalations {
 
     /// Applies one stored event. Folding is idempotent in effect: an event
     /// for an unknown escalation (expired by retention) is skipped.
-    fn fold(&self, t: &mut HashMap<String, Entry>, ev: Event) {
+    /// Returns the escalation to show staff again, if the change is one
+    /// they see.
+    fn fold(&self, t: &mut HashMap<String, Entry>, ev: Event) -> Option<String> {
+        let id = match &ev {
+            Event::Open { esc } => esc.id.clone(),
+            Event::Ack { esc_id, .. }
+            | Event::Resolve { esc_id, .. }
+            | Event::Round { esc_id, .. }
+            | Event::Delivered { esc_id, .. }
+            | Event::Dead { esc_id, .. } => esc_id.clone(),
+        };
+        let before = t.get(&id).map(|e| e.esc.state);
+        let visible = !matches!(ev, Event::Delivered { .. });
+        self.fold_event(t, ev);
+        let after = t.get(&id).map(|e| e.esc.state);
+        if before != after {
+            self.count_state(before, after);
+        }
+        (visible && after.is_some()).then_some(id)
+    }
+
+    fn fold_event(&self, t: &mut HashMap<String, Entry>, ev: Event) {
         match ev {
+            // A repeat (a spooled event copied to Redis twice) changes
+            // nothing.
+            Event::Open { esc } if t.contains_key(&esc.id) => {}
             Event::Open { esc } => {
                 let deliveries = self.round_deliveries(esc.tier, esc.round, 0);
                 let touched = esc.created_ts;
@@ -397,7 +464,10 @@ impl Escalations {
                 ts,
                 note,
             } => {
-                if let Some(e) = t.get_mut(&esc_id) {
+                if let Some(e) = t
+                    .get_mut(&esc_id)
+                    .filter(|e| e.esc.state != State::Resolved)
+                {
                     if e.esc.acknowledged.is_none() {
                         e.esc.acknowledged = Some(Transition {
                             by: by.clone(),
@@ -417,7 +487,7 @@ impl Escalations {
                 ack_deadline_ts,
                 ts,
             } => {
-                if let Some(e) = t.get_mut(&esc_id) {
+                if let Some(e) = t.get_mut(&esc_id).filter(|e| round > e.esc.round) {
                     e.esc.tier = tier;
                     e.esc.round = round;
                     e.esc.ack_deadline_ts = ack_deadline_ts;
@@ -455,13 +525,129 @@ impl Escalations {
         }
     }
 
-    /// Writes the event, then applies it. Nothing changes unless the write
-    /// was synced.
+    /// Writes the event, then applies it (and shows staff the result).
+    /// Nothing changes unless the write was synced (embedded mode) or
+    /// accepted by Redis (cluster mode).
     async fn commit(&self, ev: Event) -> Result<(), EscalationError> {
-        let v = serde_json::to_value(&ev).map_err(|e| EscalationError::Load(e.to_string()))?;
-        self.store.append(v).await?;
-        let mut t = self.table.lock();
-        self.fold(&mut t, ev);
+        match &self.backing {
+            Backing::File(store) => {
+                let v =
+                    serde_json::to_value(&ev).map_err(|e| EscalationError::Load(e.to_string()))?;
+                store.append(v).await?;
+                let shown = {
+                    let mut t = self.table.lock();
+                    self.fold(&mut t, ev)
+                };
+                if let Some(id) = shown {
+                    self.announce(&id);
+                }
+            }
+            Backing::Redis { log, .. } => {
+                let json =
+                    serde_json::to_string(&ev).map_err(|e| EscalationError::Load(e.to_string()))?;
+                log.append(&json)
+                    .await
+                    .map_err(|e| EscalationError::Shared(e.to_string()))?;
+                // Every node (this one too) applies it from the log.
+                if let Err(e) = self.sync().await {
+                    tracing::warn!(error = %e, "escalation log read failed; will catch up");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: folds every event in the shared log after the cursor.
+    async fn sync(&self) -> Result<(), EscalationError> {
+        const BATCH: usize = 256;
+        let Backing::Redis { log, .. } = &self.backing else {
+            return Ok(());
+        };
+        loop {
+            let after = match *self.cursor.lock() {
+                Some((ms, n)) => format!("{ms}-{n}"),
+                None => "0-0".to_string(),
+            };
+            let batch = log
+                .read_after(&after, BATCH)
+                .await
+                .map_err(|e| EscalationError::Shared(e.to_string()))?;
+            let got = batch.len();
+            let mut shown = Vec::new();
+            {
+                let mut t = self.table.lock();
+                let mut cursor = self.cursor.lock();
+                for (id, json) in batch {
+                    let Some(sid) = crate::durable::parse_id(&id) else {
+                        continue;
+                    };
+                    // A concurrent sync may have folded it already.
+                    if cursor.is_some_and(|c| sid <= c) {
+                        continue;
+                    }
+                    *cursor = Some(sid);
+                    match serde_json::from_str::<Event>(&json) {
+                        Ok(ev) => shown.extend(self.fold(&mut t, ev)),
+                        Err(e) => {
+                            tracing::error!(entry = id.as_str(), error = %e, "unreadable escalation event skipped")
+                        }
+                    }
+                }
+            }
+            shown.dedup();
+            for id in shown {
+                self.announce(&id);
+            }
+            if got < BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Cluster mode: copies escalations spooled while Redis was down into
+    /// the shared log, then empties the spool.
+    async fn flush_spool(&self) -> Result<(), EscalationError> {
+        let Backing::Redis {
+            log,
+            spool,
+            spooled,
+            ..
+        } = &self.backing
+        else {
+            return Ok(());
+        };
+        let before = spooled.load(Ordering::Acquire);
+        if before == 0 {
+            return Ok(());
+        }
+        let s = spool.clone();
+        let records = tokio::task::spawn_blocking(move || s.read_all())
+            .await
+            .map_err(|e| EscalationError::Load(e.to_string()))??;
+        let mut last_ms = 0;
+        for mut v in records.iter().cloned() {
+            let ms = v["id"]
+                .as_str()
+                .and_then(crate::durable::parse_id)
+                .map_or(0, |(ms, _)| ms);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("id");
+            }
+            log.append(&v.to_string())
+                .await
+                .map_err(|e| EscalationError::Shared(e.to_string()))?;
+            last_ms = last_ms.max(ms);
+        }
+        // Records spooled meanwhile may share the last one's millisecond:
+        // keep that millisecond then (copying one twice is harmless).
+        let unchanged = spooled.load(Ordering::Acquire) == before;
+        let cutoff = if unchanged { last_ms + 1 } else { last_ms };
+        spool.retain_since(cutoff).await?;
+        spooled.fetch_sub(records.len().min(before), Ordering::AcqRel);
+        tracing::info!(
+            records = records.len(),
+            "spooled escalations copied to Redis"
+        );
         Ok(())
     }
 
@@ -499,13 +685,13 @@ impl Escalations {
             acknowledged: None,
             resolved: None,
         };
-        self.commit(Event::Open {
+        let ev = Event::Open {
             esc: Box::new(esc.clone()),
-        })
-        .await?;
+        };
+        if let Err(e) = self.commit(ev.clone()).await {
+            self.spool(ev, e).await?;
+        }
         self.metrics.count_escalation(&esc.level);
-        self.count_state(None, Some(State::Open));
-        self.announce(&esc.id).await;
         self.audit(json!({
             "ts": now,
             "actor": {"id": "hearth", "name": "Hearth", "role": "system"},
@@ -517,6 +703,27 @@ impl Escalations {
         .await;
         self.wake.notify_one();
         Ok(esc)
+    }
+
+    /// Cluster mode, Redis unreachable: keeps a new escalation in the
+    /// local spool (fsync'd) so it is not lost, shows it to this node's
+    /// staff at once, and copies it to Redis when Redis is back.
+    async fn spool(&self, ev: Event, cause: EscalationError) -> Result<(), EscalationError> {
+        let Backing::Redis { spool, spooled, .. } = &self.backing else {
+            return Err(cause);
+        };
+        let v = serde_json::to_value(&ev).map_err(|e| EscalationError::Load(e.to_string()))?;
+        spool.append(v).await?;
+        spooled.fetch_add(1, Ordering::AcqRel);
+        tracing::warn!(error = %cause, "Redis unreachable: escalation kept in the local spool until it is back");
+        let shown = {
+            let mut t = self.table.lock();
+            self.fold(&mut t, ev)
+        };
+        if let Some(id) = shown {
+            self.announce(&id);
+        }
+        Ok(())
     }
 
     /// `open` → `acknowledged`. Acknowledging twice is not an error.
@@ -538,7 +745,6 @@ impl Escalations {
             ts,
         })
         .await?;
-        self.count_state(Some(State::Open), Some(State::Acknowledged));
         self.audit(json!({
             "ts": ts,
             "actor": by,
@@ -546,7 +752,6 @@ impl Escalations {
             "target": id,
         }))
         .await;
-        self.announce(id).await;
         self.get(id)
             .ok_or_else(|| EscalationError::NotFound(id.into()))
     }
@@ -558,11 +763,11 @@ impl Escalations {
         by: StaffRef,
         note: Option<String>,
     ) -> Result<Escalation, EscalationError> {
-        let from = match self.get(id).map(|e| e.state) {
+        match self.get(id).map(|e| e.state) {
             None => return Err(EscalationError::NotFound(id.to_string())),
             Some(State::Resolved) => return Err(EscalationError::Resolved(id.to_string())),
-            Some(s) => s,
-        };
+            Some(_) => {}
+        }
         let note = note
             .map(|n| {
                 crate::protocol::normalise_text(&n)
@@ -580,7 +785,6 @@ impl Escalations {
             note,
         })
         .await?;
-        self.count_state(Some(from), Some(State::Resolved));
         self.audit(json!({
             "ts": ts,
             "actor": by,
@@ -588,7 +792,6 @@ impl Escalations {
             "target": id,
         }))
         .await;
-        self.announce(id).await;
         self.get(id)
             .ok_or_else(|| EscalationError::NotFound(id.into()))
     }
@@ -631,7 +834,7 @@ impl Escalations {
     }
 
     /// Tells connected staff the escalation's current state.
-    async fn announce(&self, id: &str) {
+    fn announce(&self, id: &str) {
         let Some(outlet) = self.outlet.get() else {
             return;
         };
@@ -653,18 +856,43 @@ impl Escalations {
         }
     }
 
-    /// Runs deadlines, retries and retention until shutdown.
+    /// Runs deadlines, retries and retention until shutdown; in cluster
+    /// mode also follows the shared log and competes for the work lease.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut next_retention = tokio::time::Instant::now();
         loop {
+            if let Backing::Redis { log, lease_ms, .. } = &self.backing {
+                let synced = match self.flush_spool().await {
+                    Ok(()) => self.sync().await,
+                    Err(e) => Err(e),
+                };
+                // Only a node that has read the whole log may do the work,
+                // or it would miss what is pending.
+                let held = match synced {
+                    Ok(()) => log.hold_lease(*lease_ms).await.unwrap_or(false),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "escalation log not reachable");
+                        false
+                    }
+                };
+                if held != self.worker.swap(held, Ordering::AcqRel) {
+                    tracing::info!(
+                        worker = held,
+                        "escalation deliveries and deadlines {} on this node",
+                        if held { "now run" } else { "no longer run" }
+                    );
+                }
+            }
             if tokio::time::Instant::now() >= next_retention {
                 if let Err(e) = self.retain().await {
                     tracing::error!(error = %e, "escalation retention failed");
                 }
                 next_retention = tokio::time::Instant::now() + RETENTION_EVERY;
             }
-            self.deadlines().await;
-            self.start_due();
+            if self.worker.load(Ordering::Acquire) {
+                self.deadlines().await;
+                self.start_due();
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
@@ -729,7 +957,6 @@ impl Escalations {
                 "round": round,
             }))
             .await;
-            self.announce(&id).await;
         }
     }
 
@@ -864,7 +1091,6 @@ impl Escalations {
                                 "error": err.to_string(),
                             }))
                             .await;
-                            self.announce(&job.esc_id).await;
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "could not record a dead letter");
@@ -907,12 +1133,21 @@ impl Escalations {
                 .min()
                 .map_or(keep_from, |oldest| oldest.min(keep_from))
         };
-        let dropped = self.store.retain_since(cutoff).await?;
-        if dropped > 0 {
-            tracing::info!(
-                records = dropped,
-                "escalation retention removed old records"
-            );
+        match &self.backing {
+            Backing::File(store) => {
+                let dropped = store.retain_since(cutoff).await?;
+                if dropped > 0 {
+                    tracing::info!(
+                        records = dropped,
+                        "escalation retention removed old records"
+                    );
+                }
+            }
+            Backing::Redis { log, .. } if self.worker.load(Ordering::Acquire) => log
+                .trim_before(cutoff)
+                .await
+                .map_err(|e| EscalationError::Shared(e.to_string()))?,
+            Backing::Redis { .. } => {}
         }
         Ok(())
     }
@@ -949,6 +1184,14 @@ fn view(e: &Entry) -> Value {
         );
     }
     v
+}
+
+/// A stored record (with the store's `id`) back into an event.
+fn event_from_record(mut v: Value) -> Result<Event, serde_json::Error> {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("id");
+    }
+    serde_json::from_value(v)
 }
 
 /// `type` first, for people reading frames.
@@ -1043,7 +1286,9 @@ mod tests {
     }
 
     fn open(d: &std::path::Path, hooks: Vec<Vec<Arc<dyn Hook>>>) -> Arc<Escalations> {
-        Arc::new(Escalations::open(cfg(), d, hooks, Arc::new(Metrics::default())).expect("open"))
+        Arc::new(
+            Escalations::open(cfg(), d, hooks, Arc::new(Metrics::default()), None).expect("open"),
+        )
     }
 
     async fn settle(svc: &Arc<Escalations>) {
@@ -1140,8 +1385,9 @@ mod tests {
             vec![t1.clone() as Arc<dyn Hook>],
             vec![t2.clone() as Arc<dyn Hook>],
         ];
-        let svc =
-            Arc::new(Escalations::open(c, &d, hooks, Arc::new(Metrics::default())).expect("open"));
+        let svc = Arc::new(
+            Escalations::open(c, &d, hooks, Arc::new(Metrics::default()), None).expect("open"),
+        );
         let e = svc.raise(raise_req()).await.expect("raise");
         // Pretend the deadline passed, three times over.
         for _ in 0..3 {

@@ -431,6 +431,10 @@ impl HubHandle {
                 &cfg.server.data_dir,
                 hooks,
                 metrics.clone(),
+                match &backend {
+                    Backend::Redis(r) => Some((r.escalation_log(), cfg.cluster.node_timeout_ms)),
+                    Backend::Memory(_) => None,
+                },
             )
             .map_err(|e| StartError::Escalation(e.to_string()))?,
         );
@@ -1264,7 +1268,16 @@ impl HubHandle {
             TextError::Empty => HubError::Empty,
             TextError::TooLarge { chars, max } => HubError::TooLarge { chars, max },
         })?;
-        self.identity_limit(conn).await?;
+        if let Err(e) = self.identity_limit(conn).await {
+            if matches!(e, HubError::Unavailable(_)) {
+                // Redis is unreachable, so the message cannot go out; but a
+                // person in crisis is still answered (`support`) and their
+                // escalation kept (spooled until Redis is back).
+                let id = pseudonym::random_id("m_", 12);
+                let _ = self.assess(conn, room, room_id, &id, &text).await;
+            }
+            return Err(e);
+        }
         // In cluster mode the room limit is checked inside the publish
         // script, cluster-wide.
         if self.redis().is_none() {
