@@ -357,13 +357,13 @@ async fn a_webhook_that_keeps_failing_is_dead_lettered_and_staff_see_it() {
     );
 }
 
-/// Tier 1 by HEARTH_WEBHOOK_URL, tier 2 in the config; deadline 1 s.
+/// Tier 1 by HEARTH_WEBHOOK_URL, tier 2 in the config; deadline 2 s.
 async fn tiered(t1: &Receiver, t2: &Receiver) -> TestHub {
     let tier2 = t2.url();
     hub_with(
         move |t| {
             fast_retries(t);
-            set(t, "escalation", "ack_high_secs", "1");
+            set(t, "escalation", "ack_high_secs", "2");
             let from = "name = \"clinical lead\"\nwebhooks = []";
             assert!(t.contains(from), "test config tiers changed");
             *t = t.replace(
@@ -414,8 +414,8 @@ async fn an_acknowledgement_before_the_deadline_stops_the_reescalation() {
         .request(json!({"type": "ack", "escalation": e["id"]}))
         .await;
     assert_eq!(ok["type"], "ok", "{ok}");
-    // Well past the 1 s deadline.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Well past the 2 s deadline.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     assert!(t2.received().is_empty(), "tier 2 was paged after an ack");
     assert_eq!(t1.accepted().len(), 1);
 }

@@ -219,14 +219,28 @@ impl TestHub {
                 panic!("hearth did not start: {other:?}\n--- stderr ---\n{log}");
             }
         };
-        TestHub {
+        let hub = TestHub {
             child,
             addr,
             dir,
             config_path,
             stderr_path,
             exited: None,
+        };
+        // A cluster node listens before its Redis connection is up; like a
+        // load balancer, wait (briefly) for readiness, so that a test's
+        // first join does not race the connection. Tests that start a node
+        // with Redis down simply go on after the wait.
+        if env
+            .iter()
+            .any(|(k, v)| *k == "HEARTH_REDIS_URL" && !v.is_empty())
+        {
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until && hub.http_get("/readyz").await.0 != 200 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
+        hub
     }
 
     pub fn addr(&self) -> SocketAddr {
