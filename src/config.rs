@@ -167,6 +167,10 @@ pub struct EscalationConfig {
     pub context_messages: usize,
     /// Resolved escalations are deleted this long after they were raised.
     pub retention_days: u64,
+    /// Private care rooms that can be open at once (0 = none).
+    pub care_rooms: usize,
+    /// People in one care room at most (the person and staff).
+    pub care_room_capacity: usize,
     pub webhook_timeout_ms: u64,
     /// Failed deliveries to one target before it is dead-lettered.
     pub webhook_attempts: u32,
@@ -241,9 +245,33 @@ pub struct RoomConfig {
     pub description: String,
     pub capacity: usize,
     pub guidelines: String,
+    /// A care-room slot (added by the hub, never from the file).
+    #[serde(skip)]
+    pub care: bool,
 }
 
+/// Care rooms live in a fixed pool of slots after the configured rooms; a
+/// slot's id is internal (never joinable or shown).
+pub const CARE_SLOT_PREFIX: &str = "care-slot-";
+
 impl Config {
+    /// This config with the care-room slots appended to `rooms`.
+    pub fn with_care_rooms(&self) -> Config {
+        let mut c = self.clone();
+        for i in 0..self.escalation.care_rooms {
+            c.rooms.push(RoomConfig {
+                id: format!("{CARE_SLOT_PREFIX}{i}"),
+                title: "Care room".into(),
+                description: "A private room with a clinician.".into(),
+                capacity: self.escalation.care_room_capacity,
+                guidelines: "This room is private: only you and the people caring for you can see it. Take your time."
+                    .into(),
+                care: true,
+            });
+        }
+        c
+    }
+
     /// Loads a config file, or the compiled-in default when `path` is `None`
     /// and `config/default.toml` is absent, then applies env overrides.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -335,6 +363,15 @@ impl Config {
             return Err(invalid(
                 "escalation.retry_max_ms",
                 "must not be smaller than escalation.retry_min_ms",
+            ));
+        }
+        if e.care_rooms > 256 {
+            return Err(invalid("escalation.care_rooms", "must be at most 256"));
+        }
+        if e.care_rooms > 0 && e.care_room_capacity < 2 {
+            return Err(invalid(
+                "escalation.care_room_capacity",
+                "must be at least 2: the person and a clinician",
             ));
         }
         if e.context_messages > 50 {
@@ -630,6 +667,12 @@ impl Config {
                 return Err(invalid(
                     format!("rooms[{i}].id"),
                     format!("`{}` is used by two rooms", room.id),
+                ));
+            }
+            if !room.care && room.id.starts_with("care-") {
+                return Err(invalid(
+                    format!("rooms[{i}].id"),
+                    "ids starting with \"care-\" are kept for care rooms",
                 ));
             }
             if room.title.trim().is_empty() {

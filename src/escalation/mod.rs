@@ -126,6 +126,19 @@ pub struct Escalation {
     pub acknowledged: Option<Transition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved: Option<Transition>,
+    /// The private room a clinician opened with the person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub care_room: Option<CareRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CareRecord {
+    pub room: String,
+    /// Which care slot of the node holds it (internal).
+    pub slot: u32,
+    pub opened_ts: u64,
+    /// Staff let in, the opener first.
+    pub staff: Vec<StaffRef>,
 }
 
 /// What the hub knows when it asks for an escalation.
@@ -199,6 +212,14 @@ enum Event {
         tier: u32,
         round: u32,
         ack_deadline_ts: u64,
+        ts: u64,
+    },
+    /// A care room opened (or another clinician let in).
+    Care {
+        esc_id: String,
+        room: String,
+        slot: u32,
+        by: StaffRef,
         ts: u64,
     },
     Delivered {
@@ -419,6 +440,7 @@ impl Escalations {
             Event::Ack { esc_id, .. }
             | Event::Resolve { esc_id, .. }
             | Event::Round { esc_id, .. }
+            | Event::Care { esc_id, .. }
             | Event::Delivered { esc_id, .. }
             | Event::Dead { esc_id, .. } => esc_id.clone(),
         };
@@ -494,6 +516,25 @@ impl Escalations {
                     e.touched = ts;
                     let more = self.round_deliveries(tier, round, ts);
                     e.deliveries.extend(more);
+                }
+            }
+            Event::Care {
+                esc_id,
+                room,
+                slot,
+                by,
+                ts,
+            } => {
+                if let Some(e) = t.get_mut(&esc_id) {
+                    let rec = e.esc.care_room.get_or_insert_with(|| CareRecord {
+                        room: room.clone(),
+                        slot,
+                        opened_ts: ts,
+                        staff: Vec::new(),
+                    });
+                    if rec.room == room && !rec.staff.iter().any(|s| s.id == by.id) {
+                        rec.staff.push(by);
+                    }
                 }
             }
             Event::Delivered {
@@ -684,6 +725,7 @@ impl Escalations {
             round: 1,
             acknowledged: None,
             resolved: None,
+            care_room: None,
         };
         let ev = Event::Open {
             esc: Box::new(esc.clone()),
@@ -794,6 +836,44 @@ impl Escalations {
         .await;
         self.get(id)
             .ok_or_else(|| EscalationError::NotFound(id.into()))
+    }
+
+    /// Records a care room for the escalation (or lets another clinician
+    /// into it): stored before anyone is invited.
+    pub async fn open_care(
+        &self,
+        id: &str,
+        room: &str,
+        slot: u32,
+        by: StaffRef,
+    ) -> Result<Escalation, EscalationError> {
+        match self.get(id).map(|e| e.state) {
+            None => return Err(EscalationError::NotFound(id.to_string())),
+            Some(State::Resolved) => return Err(EscalationError::Resolved(id.to_string())),
+            Some(_) => {}
+        }
+        self.commit(Event::Care {
+            esc_id: id.to_string(),
+            room: room.to_string(),
+            slot,
+            by,
+            ts: now_ms(),
+        })
+        .await?;
+        self.get(id)
+            .ok_or_else(|| EscalationError::NotFound(id.into()))
+    }
+
+    /// Every escalation that has a care room, oldest first.
+    pub fn with_care_rooms(&self) -> Vec<Escalation> {
+        let t = self.table.lock();
+        let mut v: Vec<Escalation> = t
+            .values()
+            .filter(|e| e.esc.care_room.is_some())
+            .map(|e| e.esc.clone())
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
     }
 
     pub fn get(&self, id: &str) -> Option<Escalation> {

@@ -88,6 +88,15 @@ impl MemoryFanout {
             .ok_or(FanoutError::NoRoom(room))
     }
 
+    /// Empties the room's history and starts a new epoch.
+    pub fn clear(&self, room: u32) {
+        if let Ok(l) = self.log(room) {
+            let mut log = l.lock();
+            log.entries.clear();
+            log.epoch = new_epoch();
+        }
+    }
+
     /// Removes the message with id `message` from the room's history
     /// (with `look_only`, only says whether it is there).
     pub fn delete(&self, room: u32, message: &str, look_only: bool) -> Result<bool, FanoutError> {

@@ -128,6 +128,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Forgets the room's history (a care slot given to a new room).
+    /// Embedded mode only: cluster mode has no care rooms yet.
+    pub fn clear_history(&self, room: u32) {
+        if let Backend::Memory(m) = self {
+            m.clear(room);
+        }
+    }
+
     /// The room's last `n` messages (encoded `message` events, oldest
     /// first), for an escalation's excerpt.
     pub async fn history_for_excerpt(

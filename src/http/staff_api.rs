@@ -161,8 +161,14 @@ async fn action(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
             };
             return escalation_reply(app.hub.escalation_action(&staff.actor, act).await);
         }
-        Err(StaffFrame::Care(_)) => {
-            return bad_request("Care rooms are not available on this server yet.")
+        Err(StaffFrame::Care(c)) => {
+            return match app.hub.open_care(&staff.actor, &c.escalation).await {
+                Ok(room) => Json(json!({ "ok": true, "room": room })).into_response(),
+                Err(e @ (HubError::NoSuchEscalation(_) | HubError::EscalationResolved(_))) => {
+                    escalation_reply(Err(e))
+                }
+                Err(e) => hub_error(&e),
+            }
         }
         Err(_) => return bad_request("Watching a room needs a WebSocket connection (/ws)."),
     };

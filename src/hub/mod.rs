@@ -7,6 +7,7 @@
 //! numbers and stores them and delivers them back through `RoomTable`.
 //! It never touches a socket and never awaits one.
 
+mod care;
 mod escalate;
 mod moderation;
 mod pseudonym;
@@ -372,6 +373,13 @@ impl HubHandle {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<HubHandle, StartError> {
+        // Care-room slots are rooms too (never listed, joined by
+        // invitation); embedded mode only, for now.
+        let cfg = if cfg.server.redis_url.is_empty() {
+            Arc::new(cfg.with_care_rooms())
+        } else {
+            cfg
+        };
         let staff_secret = match cfg.staff_secret.as_deref() {
             None => None,
             Some(s) => Some(StaffSecret::new(s).map_err(|e| StartError::Staff(e.to_string()))?),
@@ -469,6 +477,7 @@ impl HubHandle {
         hub.inner
             .escalations
             .set_outlet(Arc::new(escalate::HubOutlet(Arc::downgrade(&hub.inner))));
+        hub.restore_care_rooms();
         Ok(hub)
     }
 
@@ -529,6 +538,7 @@ impl HubHandle {
             .rooms
             .iter()
             .enumerate()
+            .filter(|(_, r)| !r.cfg.care)
             .map(|(i, r)| {
                 let local = {
                     let st = r.state.lock();
@@ -551,7 +561,7 @@ impl HubHandle {
     }
 
     pub fn room_count(&self) -> usize {
-        self.inner.rooms.rooms.len()
+        self.inner.rooms.listed().count()
     }
 
     /// Reports waiting for staff, newest last.
@@ -883,7 +893,7 @@ impl HubHandle {
                     let rooms = i
                         .rooms
                         .iter()
-                        .filter_map(|idx| h.rooms.by_idx(*idx).map(|r| r.cfg.id.clone()))
+                        .filter_map(|idx| h.rooms.by_idx(*idx).map(|r| r.id().to_string()))
                         .collect();
                     (
                         i.token_hash,
@@ -912,12 +922,15 @@ impl HubHandle {
             let Some(room) = h.rooms.by_idx(*idx) else {
                 continue;
             };
+            if room.cfg.care && !self.care_allowed(room, &conn.member) {
+                continue;
+            }
             let ok = match self.redis() {
                 None => self.reattach_local(conn, room),
                 Some(r) => {
                     let fresh = self.hold_place(conn, room, Attach::Paused { conn: conn.id });
                     match r
-                        .join_member(room.idx, &room.cfg.id, &conn.member, room.cfg.capacity)
+                        .join_member(room.idx, &room.id(), &conn.member, room.cfg.capacity)
                         .await
                     {
                         Ok(JoinOutcome::Joined(_)) => true,
@@ -933,16 +946,18 @@ impl HubHandle {
                 }
             };
             if ok {
-                kept.push(room.cfg.id.clone());
+                kept.push(room.id().to_string());
             }
         }
         if kept.len() != rooms.len() {
             {
                 let mut s = h.sessions.lock();
                 if let Some(ident) = s.by_key.get_mut(&conn.key) {
-                    ident
-                        .rooms
-                        .retain(|i| h.rooms.by_idx(*i).is_some_and(|r| kept.contains(&r.cfg.id)));
+                    ident.rooms.retain(|i| {
+                        h.rooms
+                            .by_idx(*i)
+                            .is_some_and(|r| kept.iter().any(|k| **k == *r.id()))
+                    });
                 }
             }
             self.save_session(conn.key).await;
@@ -966,7 +981,7 @@ impl HubHandle {
             Metrics::gauge(&self.inner.metrics.members, 1);
             self.inner
                 .rooms
-                .presence(&mut st, &room.cfg.id, Some(&conn.member), None, conn.key);
+                .presence(&mut st, &room.id(), Some(&conn.member), None, conn.key);
             true
         } else {
             false
@@ -1011,6 +1026,10 @@ impl HubHandle {
     ) -> Result<(), HubError> {
         let h = &self.inner;
         let room = h.rooms.get(room_id).ok_or(HubError::NoSuchRoom)?;
+        // A care room is private: to anyone else it does not exist.
+        if room.cfg.care && !self.care_allowed(room, &conn.member) {
+            return Err(HubError::NoSuchRoom);
+        }
         if let Some(until) = self.banned_until(conn.key) {
             return Err(HubError::Banned { until });
         }
@@ -1138,7 +1157,7 @@ impl HubHandle {
         );
         Metrics::gauge(&h.metrics.members, 1);
         h.rooms
-            .presence(&mut st, &room.cfg.id, Some(&conn.member), None, conn.key);
+            .presence(&mut st, &room.id(), Some(&conn.member), None, conn.key);
         Ok(true)
     }
 
@@ -1501,7 +1520,7 @@ impl HubHandle {
                 Metrics::gauge(&h.metrics.members, -1);
                 if self.redis().is_none() {
                     h.rooms
-                        .presence(&mut st, &room.cfg.id, None, Some(member_id), key);
+                        .presence(&mut st, &room.id(), None, Some(member_id), key);
                 }
                 left.push(room);
             }
@@ -1511,10 +1530,7 @@ impl HubHandle {
                 // Only if this node still owns it: the person may have
                 // resumed on another node meanwhile.
                 let owner = Some(r.instance());
-                if let Err(e) = r
-                    .leave_member(room.idx, &room.cfg.id, member_id, owner)
-                    .await
-                {
+                if let Err(e) = r.leave_member(room.idx, &room.id(), member_id, owner).await {
                     tracing::warn!(error = %e, "could not remove a departed member in redis");
                 }
             }
@@ -1568,6 +1584,7 @@ impl HubHandle {
             self.expire_sessions();
             self.expire_revocations();
             self.close_invalid_staff();
+            self.sweep_care_rooms();
             let rooms = &self.inner.rooms;
             self.inner
                 .backend

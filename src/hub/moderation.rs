@@ -178,6 +178,10 @@ impl HubHandle {
     ) -> Result<(), HubError> {
         let h = &self.inner;
         let room = h.rooms.get(room_id).ok_or(HubError::NoSuchRoom)?;
+        // Care rooms are joined by the people invited, never watched.
+        if room.cfg.care {
+            return Err(HubError::NoSuchRoom);
+        }
         {
             let mut st = room.state.lock();
             st.watchers.insert(
@@ -325,7 +329,7 @@ impl HubHandle {
     pub async fn staff_rooms(&self) -> Result<Vec<Value>, HubError> {
         let h = &self.inner;
         let mut out = Vec::with_capacity(h.rooms.rooms.len());
-        for r in &h.rooms.rooms {
+        for r in h.rooms.listed() {
             let cluster = match self.redis() {
                 Some(redis) => Some((
                     redis.room_members(r.idx).await?,
@@ -763,7 +767,7 @@ impl HubHandle {
         for idx in rooms {
             self.remove_member(key, peer, idx, false, cluster.is_none());
             if let (Some(r), Some(room)) = (cluster, h.rooms.by_idx(idx)) {
-                if let Err(e) = r.leave_member(idx, &room.cfg.id, peer, None).await {
+                if let Err(e) = r.leave_member(idx, &room.id(), peer, None).await {
                     tracing::warn!(error = %e, "could not remove a banned peer from a room in redis");
                 }
             }
@@ -807,13 +811,13 @@ impl HubHandle {
         Metrics::gauge(&h.metrics.members, -1);
         if tell {
             if let Attach::Live { outbox, .. } | Attach::Pending { outbox, .. } = &m.attach {
-                let frame = ServerFrame::Kicked { room: &r.cfg.id }.encode();
+                let frame = ServerFrame::Kicked { room: &r.id() }.encode();
                 h.rooms.push(outbox, frame.into());
             }
         }
         if presence {
             h.rooms
-                .presence(&mut st, &r.cfg.id, None, Some(member_id), key);
+                .presence(&mut st, &r.id(), None, Some(member_id), key);
         }
     }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::config::RoomConfig;
 use crate::fanout::{EventKind, Sink};
@@ -104,18 +104,43 @@ pub(crate) struct RoomState {
     pub(crate) last_send: HashMap<u64, std::time::Instant>,
 }
 
+/// Who may be in a care room while it is assigned.
+#[derive(Debug, Clone)]
+pub(crate) struct CareRoom {
+    pub(crate) escalation: String,
+    /// The person's pseudonymous id.
+    pub(crate) peer: String,
+    /// Staff the clinicians added (their ids), the opener first.
+    pub(crate) staff: Vec<String>,
+    /// Who opened it, for `invited.by`.
+    pub(crate) by: Member,
+}
+
 pub(crate) struct Room {
     pub(crate) idx: u32,
     pub(crate) cfg: RoomConfig,
+    /// The id clients see: the configured id, or a care room's current one.
+    public: RwLock<Arc<str>>,
+    /// A care slot's current assignment (`None` = free, or not a slot).
+    pub(crate) care: Mutex<Option<CareRoom>>,
     // parking_lot: held to change or walk the member table, never across
     // `.await`. Lock order: a backend's room log, then this.
     pub(crate) state: Mutex<RoomState>,
+}
+
+impl Room {
+    /// The id clients know this room by.
+    pub(crate) fn id(&self) -> Arc<str> {
+        self.public.read().clone()
+    }
 }
 
 /// Every room on this node, addressed by index (the backend's key) or id.
 pub(crate) struct RoomTable {
     pub(crate) rooms: Vec<Room>,
     by_id: HashMap<String, u32>,
+    /// Assigned care rooms: public id → slot index.
+    care_ids: RwLock<HashMap<String, u32>>,
     metrics: Arc<Metrics>,
     /// Frames a joining member may hold before it counts as too slow.
     pending_limit: usize,
@@ -133,20 +158,61 @@ impl RoomTable {
             .map(|(i, c)| Room {
                 idx: i as u32,
                 cfg: c.clone(),
+                public: RwLock::new(Arc::from(c.id.as_str())),
+                care: Mutex::new(None),
                 state: Mutex::new(RoomState::default()),
             })
             .collect();
-        let by_id = rooms.iter().map(|r| (r.cfg.id.clone(), r.idx)).collect();
+        // Care slots are reached only through their assigned id.
+        let by_id = rooms
+            .iter()
+            .filter(|r| !r.cfg.care)
+            .map(|r| (r.cfg.id.clone(), r.idx))
+            .collect();
         RoomTable {
             rooms,
             by_id,
+            care_ids: RwLock::new(HashMap::new()),
             metrics,
             pending_limit,
         }
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<&Room> {
-        self.by_id.get(id).and_then(|i| self.rooms.get(*i as usize))
+        let idx = match self.by_id.get(id) {
+            Some(i) => Some(*i),
+            None if id.starts_with("care-") => self.care_ids.read().get(id).copied(),
+            None => None,
+        };
+        idx.and_then(|i| self.rooms.get(i as usize))
+    }
+
+    /// Points a care room id at a slot (the slot's `care` is set by the
+    /// caller first).
+    pub(crate) fn assign_care(&self, id: &str, slot: u32) {
+        if let Some(r) = self.rooms.get(slot as usize) {
+            *r.public.write() = Arc::from(id);
+            self.care_ids.write().insert(id.to_string(), slot);
+        }
+    }
+
+    /// Frees a care slot: its id no longer leads anywhere.
+    pub(crate) fn release_care(&self, slot: u32) {
+        if let Some(r) = self.rooms.get(slot as usize) {
+            let id = r.id();
+            self.care_ids.write().remove(&*id);
+            *r.care.lock() = None;
+        }
+    }
+
+    /// The configured (public, listed) rooms.
+    pub(crate) fn listed(&self) -> impl Iterator<Item = &Room> {
+        self.rooms.iter().filter(|r| !r.cfg.care)
+    }
+
+    /// The care-room slots.
+    pub(crate) fn care_slots(&self) -> impl Iterator<Item = &Room> {
+        self.rooms.iter().filter(|r| r.cfg.care)
     }
 
     pub(crate) fn by_idx(&self, idx: u32) -> Option<&Room> {

@@ -42,7 +42,7 @@ impl HubHandle {
                 a.signals.push(rule);
             }
         }
-        let verdict = self.verdict_for(&a);
+        let verdict = self.verdict_for(room, &a);
         let crisis = a.level > Level::None;
         if crisis || a.help_seeking {
             let cfg = &h.cfg.safety;
@@ -76,7 +76,8 @@ impl HubHandle {
                 .await;
             Metrics::inc(&h.metrics.flags);
         }
-        if crisis {
+        // In a care room a clinician is already with the person.
+        if crisis && !room.cfg.care {
             // Stored (and synced) before the send is answered, so the
             // person's message and its escalation cannot be separated by a
             // crash.
@@ -88,7 +89,13 @@ impl HubHandle {
 
     /// Policy first (contact, links and sourcing are blocked; method and
     /// urging held), then what the config says for the crisis level.
-    fn verdict_for(&self, a: &Assessment) -> Verdict {
+    fn verdict_for(&self, room: &Room, a: &Assessment) -> Verdict {
+        // A care room is the person and their clinicians: sharing a phone
+        // number or a place may be exactly what keeps someone safe, and
+        // nobody else reads along.
+        if room.cfg.care {
+            return Verdict::Deliver;
+        }
         match a.policy {
             Some(Policy::Contact | Policy::Link | Policy::Sourcing) => a.verdict(),
             Some(Policy::Method | Policy::Urging) => Verdict::Hold,

@@ -499,14 +499,23 @@ impl Session {
                 self.on_escalation(rf, &actor, act).await;
                 return None;
             }
-            Err(_) => {
-                self.error(
-                    rf,
-                    ErrorCode::BadRequest,
-                    "Care rooms are not available on this server yet; reach the person through the room for now.",
-                );
+            Err(StaffFrame::Care(c)) => {
+                match self.hub.open_care(&actor, &c.escalation).await {
+                    Ok(room) => self.push(
+                        ServerFrame::Ok {
+                            rf,
+                            id: Some(&room),
+                            seq: None,
+                            held: None,
+                        }
+                        .encode(),
+                    ),
+                    Err(e) => self.hub_error(rf, &e),
+                }
                 return None;
             }
+            // `Action::from_frame` returns nothing else.
+            Err(_) => return None,
         };
         match self.hub.moderate(&actor, action).await {
             Ok(out) => self.push(
@@ -575,6 +584,12 @@ impl Session {
         self.push(frame);
         // Staff who sign in learn at once what is waiting for them.
         for f in self.hub.escalation_queue(&welcome.conn.member, None) {
+            let _ = self.outbox.push(f);
+        }
+        for f in self
+            .hub
+            .care_invites(&welcome.conn.member, welcome.conn.key)
+        {
             let _ = self.outbox.push(f);
         }
         let mut conn = welcome.conn;
