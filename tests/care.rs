@@ -206,3 +206,62 @@ async fn a_second_clinician_is_let_into_the_same_room() {
         .await;
     assert_error(&unknown, "bad_request");
 }
+
+#[tokio::test]
+async fn a_resolved_and_empty_care_room_frees_its_slot_with_nothing_left_behind() {
+    let hub = TestHub::start_full(
+        |t| common::set(t, "escalation", "care_rooms", "1"),
+        &[("HEARTH_STAFF_SECRET", SECRET)],
+    )
+    .await;
+    let (mut p, mut doc, esc, _) = escalated(&hub).await;
+    let ok = doc
+        .request(json!({"type": "care", "escalation": esc}))
+        .await;
+    let room = ok["id"].as_str().expect("room id").to_string();
+    p.join(&room).await;
+    p.say(&room, "thank you for staying with me").await;
+
+    // The only slot is taken: a second escalation cannot have one yet.
+    let mut q = peer(&hub).await;
+    q.send_text(ROOM, HIGH).await;
+    // (Updates of the first one arrive too: it now has a care room.)
+    let esc2 = loop {
+        let e = next_of(&mut doc, "escalation", Duration::from_secs(5)).await;
+        if e["id"] != esc.as_str() {
+            break e["id"].as_str().expect("id").to_string();
+        }
+    };
+    let full = doc
+        .request(json!({"type": "care", "escalation": esc2}))
+        .await;
+    assert_error(&full, "bad_request");
+
+    let ok = doc
+        .request(json!({"type": "resolve", "escalation": esc, "note": "safe"}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    p.leave(&room).await;
+    // Freed by the periodic upkeep (every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let room2 = loop {
+        let r = doc
+            .request(json!({"type": "care", "escalation": esc2}))
+            .await;
+        if r["type"] == "ok" {
+            break r["id"].as_str().expect("room id").to_string();
+        }
+        assert!(Instant::now() < deadline, "the slot was never freed: {r}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_ne!(room2, room, "a new room gets a new id");
+    // The old id leads nowhere, and the new room starts empty.
+    let mut fresh = peer(&hub).await;
+    let r = fresh.request(json!({"type": "join", "room": room})).await;
+    assert_error(&r, "no_such_room");
+    // (q sat idle through the wait; it resumes on a new connection.)
+    let mut q2 = TestClient::connect(&hub).await;
+    q2.hello_resume(&q.session).await;
+    let j = q2.join(&room2).await;
+    assert_eq!(j["history"], json!([]), "{j}");
+}

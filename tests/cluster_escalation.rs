@@ -203,3 +203,52 @@ async fn with_two_nodes_a_webhook_is_sent_each_escalation_once() {
         "one delivery per escalation: {keys:?}"
     );
 }
+
+#[tokio::test]
+async fn a_care_room_opened_on_one_node_is_joined_from_another() {
+    let redis = RedisServer::start(RedisOpts::ephemeral()).await;
+    let (a, b) = tokio::join!(node(&redis, "hub-a", None), node(&redis, "hub-b", None));
+    let mut doc = clinician(&a).await;
+    let mut p = peer(&b).await;
+    p.send_text(ROOM, HIGH).await;
+    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let ok = doc
+        .request(json!({"type": "care", "escalation": e["id"]}))
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let room = ok["id"].as_str().expect("room id").to_string();
+
+    // The person, on the other node, is invited and joins there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match p.recv_within(left).await {
+            Some(v) if v["type"] == "invited" => {
+                assert_eq!(v["room"], room.as_str(), "{v}");
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("no invitation on node B"),
+        }
+    }
+    assert_eq!(p.join(&room).await["type"], "joined");
+    assert_eq!(doc.join(&room).await["type"], "joined");
+    let (mid, _) = p.say(&room, "are you still there?").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match doc.recv_within(left).await {
+            Some(v) if v["type"] == "message" && v["id"] == mid.as_str() => break,
+            Some(_) => continue,
+            None => panic!("the clinician on A never got the message"),
+        }
+    }
+    // Nobody else finds it, on either node.
+    for hub in [&a, &b] {
+        let mut stranger = peer(hub).await;
+        let r = stranger
+            .request(json!({"type": "join", "room": room}))
+            .await;
+        assert_eq!(r["code"], "no_such_room", "{r}");
+    }
+}

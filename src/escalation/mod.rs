@@ -139,6 +139,9 @@ pub struct CareRecord {
     pub opened_ts: u64,
     /// Staff let in, the opener first.
     pub staff: Vec<StaffRef>,
+    /// Set once the room is closed (its slot freed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_ts: Option<u64>,
 }
 
 /// What the hub knows when it asks for an escalation.
@@ -222,6 +225,11 @@ enum Event {
         by: StaffRef,
         ts: u64,
     },
+    /// The care room was closed and its slot freed.
+    CareClosed {
+        esc_id: String,
+        ts: u64,
+    },
     Delivered {
         esc_id: String,
         target: String,
@@ -247,6 +255,10 @@ pub trait Outlet: Send + Sync {
 
     /// Writes a transition to the audit log.
     fn audit(&self, record: Value) -> BoxFuture<'_, ()>;
+
+    /// The escalation's care room changed (opened, someone let in,
+    /// closed): every node brings its room table in line.
+    fn care_changed(&self, esc: &Escalation);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -441,6 +453,7 @@ impl Escalations {
             | Event::Resolve { esc_id, .. }
             | Event::Round { esc_id, .. }
             | Event::Care { esc_id, .. }
+            | Event::CareClosed { esc_id, .. }
             | Event::Delivered { esc_id, .. }
             | Event::Dead { esc_id, .. } => esc_id.clone(),
         };
@@ -525,16 +538,27 @@ impl Escalations {
                 by,
                 ts,
             } => {
-                if let Some(e) = t.get_mut(&esc_id) {
+                if let Some(e) = t.get_mut(&esc_id).filter(|e| {
+                    e.esc
+                        .care_room
+                        .as_ref()
+                        .is_none_or(|r| r.closed_ts.is_none())
+                }) {
                     let rec = e.esc.care_room.get_or_insert_with(|| CareRecord {
                         room: room.clone(),
                         slot,
                         opened_ts: ts,
                         staff: Vec::new(),
+                        closed_ts: None,
                     });
                     if rec.room == room && !rec.staff.iter().any(|s| s.id == by.id) {
                         rec.staff.push(by);
                     }
+                }
+            }
+            Event::CareClosed { esc_id, ts } => {
+                if let Some(rec) = t.get_mut(&esc_id).and_then(|e| e.esc.care_room.as_mut()) {
+                    rec.closed_ts.get_or_insert(ts);
                 }
             }
             Event::Delivered {
@@ -864,6 +888,21 @@ impl Escalations {
             .ok_or_else(|| EscalationError::NotFound(id.into()))
     }
 
+    /// Records that the escalation's care room was closed.
+    pub async fn close_care(&self, id: &str) -> Result<(), EscalationError> {
+        self.commit(Event::CareClosed {
+            esc_id: id.to_string(),
+            ts: now_ms(),
+        })
+        .await
+    }
+
+    /// This node does the escalation work now (cluster mode: holds the
+    /// lease; embedded mode: always).
+    pub fn is_worker(&self) -> bool {
+        self.worker.load(Ordering::Acquire)
+    }
+
     /// Every escalation that has a care room, oldest first.
     pub fn with_care_rooms(&self) -> Vec<Escalation> {
         let t = self.table.lock();
@@ -918,16 +957,20 @@ impl Escalations {
         let Some(outlet) = self.outlet.get() else {
             return;
         };
-        let (room, frame) = {
+        let (room, frame, care) = {
             let t = self.table.lock();
             let Some(e) = t.get(id) else { return };
             let mut v = view(e);
             if let Some(o) = v.as_object_mut() {
                 o.insert("type".into(), json!("escalation"));
             }
-            (e.esc.room.clone(), wire(v))
+            let care = e.esc.care_room.is_some().then(|| e.esc.clone());
+            (e.esc.room.clone(), wire(v), care)
         };
         outlet.notify(&room, frame);
+        if let Some(esc) = care {
+            outlet.care_changed(&esc);
+        }
     }
 
     async fn audit(&self, record: Value) {

@@ -220,6 +220,12 @@ impl Outlet for HubOutlet {
         }
     }
 
+    fn care_changed(&self, esc: &crate::escalation::Escalation) {
+        if let Some(inner) = self.0.upgrade() {
+            HubHandle { inner }.reconcile_care(esc);
+        }
+    }
+
     fn audit(&self, record: Value) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if let Some(inner) = self.0.upgrade() {

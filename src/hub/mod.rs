@@ -374,12 +374,8 @@ impl HubHandle {
         shutdown: CancellationToken,
     ) -> Result<HubHandle, StartError> {
         // Care-room slots are rooms too (never listed, joined by
-        // invitation); embedded mode only, for now.
-        let cfg = if cfg.server.redis_url.is_empty() {
-            Arc::new(cfg.with_care_rooms())
-        } else {
-            cfg
-        };
+        // invitation).
+        let cfg = Arc::new(cfg.with_care_rooms());
         let staff_secret = match cfg.staff_secret.as_deref() {
             None => None,
             Some(s) => Some(StaffSecret::new(s).map_err(|e| StartError::Staff(e.to_string()))?),
@@ -530,7 +526,7 @@ impl HubHandle {
     /// counts span every node; if Redis cannot say, this node's are shown.
     pub async fn room_list(&self) -> Vec<RoomInfo> {
         let counts = match &self.inner.backend {
-            Backend::Redis(r) => r.room_counts().await.ok(),
+            Backend::Redis(r) => r.room_counts(self.inner.rooms.listed().count()).await.ok(),
             Backend::Memory(_) => None,
         };
         self.inner
@@ -1584,7 +1580,7 @@ impl HubHandle {
             self.expire_sessions();
             self.expire_revocations();
             self.close_invalid_staff();
-            self.sweep_care_rooms();
+            self.sweep_care_rooms().await;
             let rooms = &self.inner.rooms;
             self.inner
                 .backend

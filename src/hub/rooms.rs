@@ -114,6 +114,9 @@ pub(crate) struct CareRoom {
     pub(crate) staff: Vec<String>,
     /// Who opened it, for `invited.by`.
     pub(crate) by: Member,
+    /// Recorded in the escalation and enterable (`false` while a node has
+    /// only reserved the slot).
+    pub(crate) live: bool,
 }
 
 pub(crate) struct Room {

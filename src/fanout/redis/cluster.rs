@@ -303,11 +303,13 @@ impl RedisFanout {
 
     /// Members per room, cluster-wide, and whether it is locked, in room
     /// order.
-    pub async fn room_counts(&self) -> Result<Vec<(usize, bool)>, FanoutError> {
+    /// Member counts and lock state of the first `listed` rooms (the
+    /// public ones; care-room slots come after them).
+    pub async fn room_counts(&self, listed: usize) -> Result<Vec<(usize, bool)>, FanoutError> {
         let sh = &self.shared;
         // One small pipeline per room (its keys share a slot); rooms may be
         // on different shards, so they run as separate, concurrent requests.
-        let counts = sh.keys.iter().map(|k| async move {
+        let counts = sh.keys.iter().take(listed).map(|k| async move {
             let mut pipe = redis::pipe();
             pipe.cmd("HLEN").arg(&k.members);
             pipe.cmd("HGET").arg(&k.settings).arg("locked");

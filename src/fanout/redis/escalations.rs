@@ -123,3 +123,41 @@ impl EscalationLog {
         self.shared.query::<Value>(cmd).await.map(|_| ())
     }
 }
+
+impl RedisFanout {
+    fn care_slot_key(&self, slot: u32) -> String {
+        format!("{{{}:esc}}:slot:{slot}", self.shared.prefix)
+    }
+
+    /// Reserves a care slot for `room_id` cluster-wide; `false` when
+    /// another node holds it.
+    pub async fn claim_care_slot(&self, slot: u32, room_id: &str) -> Result<bool, FanoutError> {
+        let cmd = redis::cmd("SET")
+            .arg(self.care_slot_key(slot))
+            .arg(room_id)
+            .arg("NX")
+            .to_owned();
+        let v: Value = self.shared.query(cmd).await?;
+        Ok(!matches!(v, Value::Nil))
+    }
+
+    /// Frees a care slot: its reservation and everything its room kept in
+    /// Redis (history, members, settings), so the next room starts empty.
+    pub async fn free_care_slot(&self, slot: u32) -> Result<(), FanoutError> {
+        let sh = &self.shared;
+        let keys = sh.room_keys(slot)?;
+        // The room's keys share a hash slot; the reservation key has its own.
+        let cmd = redis::cmd("DEL")
+            .arg(&keys.meta)
+            .arg(&keys.hist)
+            .arg(&keys.members)
+            .arg(&keys.owners)
+            .arg(&keys.settings)
+            .arg(&keys.watchers)
+            .arg(&keys.rate)
+            .to_owned();
+        sh.query::<Value>(cmd).await?;
+        let cmd = redis::cmd("DEL").arg(self.care_slot_key(slot)).to_owned();
+        sh.query::<Value>(cmd).await.map(|_| ())
+    }
+}
