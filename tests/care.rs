@@ -214,7 +214,7 @@ async fn a_resolved_and_empty_care_room_frees_its_slot_with_nothing_left_behind(
         &[("HEARTH_STAFF_SECRET", SECRET)],
     )
     .await;
-    let (mut p, mut doc, esc, _) = escalated(&hub).await;
+    let (mut p, mut doc, esc, token) = escalated(&hub).await;
     let ok = doc
         .request(json!({"type": "care", "escalation": esc}))
         .await;
@@ -264,4 +264,19 @@ async fn a_resolved_and_empty_care_room_frees_its_slot_with_nothing_left_behind(
     q2.hello_resume(&q.session).await;
     let j = q2.join(&room2).await;
     assert_eq!(j["history"], json!([]), "{j}");
+    // The first room's conversation stays with its escalation record.
+    let (_, body, _) = http_request(
+        hub.addr(),
+        "GET",
+        &format!("/api/staff/escalations/{esc}"),
+        &[("Authorization", &format!("Bearer {token}"))],
+        "",
+    )
+    .await;
+    let rec: Value = serde_json::from_str(&body).expect("json");
+    assert!(rec["care_room"]["closed_ts"].is_u64(), "{rec}");
+    assert_eq!(
+        rec["care_room"]["transcript"][0]["text"], "thank you for staying with me",
+        "{rec}"
+    );
 }

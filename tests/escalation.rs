@@ -517,3 +517,35 @@ async fn earlier_signals_from_the_same_person_raise_a_later_message() {
         "{got:?}"
     );
 }
+
+#[tokio::test]
+async fn urging_a_named_person_raises_an_escalation_about_them() {
+    let hub = hub_with(|_| {}, None).await;
+    let (mut doc, _) = clinician(&hub).await;
+    let target = peer(&hub).await;
+    let mut bully = peer(&hub).await;
+    let text = format!("{} just kill yourself already", target.name);
+    let ok = bully.send_text(ROOM, &text).await;
+    assert_eq!(ok["held"], true, "urging is held: {ok}");
+    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    assert_eq!(
+        e["peer"]["id"],
+        target.id.as_str(),
+        "about the person urged: {e}"
+    );
+    assert_eq!(e["level"], "high", "{e}");
+    assert!(e["signals"].to_string().contains("named_target"), "{e}");
+    let last = e["excerpt"]
+        .as_array()
+        .and_then(|x| x.last().cloned())
+        .expect("line");
+    assert_eq!(last["from"]["id"], bully.id.as_str(), "{e}");
+    // Urging nobody in particular raises none.
+    bully.send_text(ROOM, "kys").await;
+    let more = drain(&mut doc).await;
+    assert!(
+        more.iter()
+            .all(|v| v["type"] != "escalation" || v["id"] == e["id"]),
+        "{more:?}"
+    );
+}

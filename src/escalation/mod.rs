@@ -142,6 +142,10 @@ pub struct CareRecord {
     /// Set once the room is closed (its slot freed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_ts: Option<u64>,
+    /// The room's conversation, kept with the record when it closed (and
+    /// deleted with it): care history follows the escalation's retention.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transcript: Vec<ExcerptLine>,
 }
 
 /// What the hub knows when it asks for an escalation.
@@ -229,6 +233,8 @@ enum Event {
     CareClosed {
         esc_id: String,
         ts: u64,
+        #[serde(default)]
+        transcript: Vec<ExcerptLine>,
     },
     Delivered {
         esc_id: String,
@@ -550,15 +556,23 @@ impl Escalations {
                         opened_ts: ts,
                         staff: Vec::new(),
                         closed_ts: None,
+                        transcript: Vec::new(),
                     });
                     if rec.room == room && !rec.staff.iter().any(|s| s.id == by.id) {
                         rec.staff.push(by);
                     }
                 }
             }
-            Event::CareClosed { esc_id, ts } => {
+            Event::CareClosed {
+                esc_id,
+                ts,
+                transcript,
+            } => {
                 if let Some(rec) = t.get_mut(&esc_id).and_then(|e| e.esc.care_room.as_mut()) {
-                    rec.closed_ts.get_or_insert(ts);
+                    if rec.closed_ts.is_none() {
+                        rec.closed_ts = Some(ts);
+                        rec.transcript = transcript;
+                    }
                 }
             }
             Event::Delivered {
@@ -888,11 +902,28 @@ impl Escalations {
             .ok_or_else(|| EscalationError::NotFound(id.into()))
     }
 
-    /// Records that the escalation's care room was closed.
-    pub async fn close_care(&self, id: &str) -> Result<(), EscalationError> {
+    /// Records that the escalation's care room was closed, keeping its
+    /// conversation with the record (the newest lines, within a bound).
+    pub async fn close_care(
+        &self,
+        id: &str,
+        mut transcript: Vec<ExcerptLine>,
+    ) -> Result<(), EscalationError> {
+        const MAX_TRANSCRIPT_BYTES: usize = 256 * 1024;
+        let mut total = 0;
+        let mut keep = transcript.len();
+        for line in transcript.iter().rev() {
+            total += line.text.len() + line.from.name.len() + 96;
+            if total > MAX_TRANSCRIPT_BYTES {
+                break;
+            }
+            keep -= 1;
+        }
+        transcript.drain(..keep);
         self.commit(Event::CareClosed {
             esc_id: id.to_string(),
             ts: now_ms(),
+            transcript,
         })
         .await
     }

@@ -29,6 +29,8 @@ struct Log {
     epoch: Arc<str>,
     seq: u64,
     entries: VecDeque<Entry>,
+    /// This room's own history age limit (care rooms), else the default.
+    ttl: Option<Duration>,
 }
 
 struct Entry {
@@ -73,6 +75,7 @@ impl MemoryFanout {
                         epoch: new_epoch(),
                         seq: 0,
                         entries: VecDeque::new(),
+                        ttl: None,
                     })
                 })
                 .collect(),
@@ -86,6 +89,13 @@ impl MemoryFanout {
         self.rooms
             .get(room as usize)
             .ok_or(FanoutError::NoRoom(room))
+    }
+
+    /// Gives one room its own history age limit.
+    pub fn set_ttl(&self, room: u32, ttl: Duration) {
+        if let Ok(l) = self.log(room) {
+            l.lock().ttl = Some(ttl);
+        }
     }
 
     /// Empties the room's history and starts a new epoch.
@@ -118,7 +128,11 @@ impl MemoryFanout {
     pub fn expire(&self) {
         let now = Instant::now();
         for log in &self.rooms {
-            log.lock().prune(self.max, self.ttl, now);
+            {
+                let mut l = log.lock();
+                let ttl = l.ttl.unwrap_or(self.ttl);
+                l.prune(self.max, ttl, now);
+            }
         }
     }
 }
@@ -151,7 +165,8 @@ impl Fanout for MemoryFanout {
             at: now,
             frame: frame.clone(),
         });
-        log.prune(self.max, self.ttl, now);
+        let ttl = log.ttl.unwrap_or(self.ttl);
+        log.prune(self.max, ttl, now);
         // Delivered while the log is locked: this is what keeps every
         // recipient's stream in seq order.
         self.sink.deliver(room, seq, &frame);
@@ -165,7 +180,8 @@ impl Fanout for MemoryFanout {
         on_join: usize,
     ) -> Result<HistorySlice, FanoutError> {
         let mut log = self.log(room)?.lock();
-        log.prune(self.max, self.ttl, Instant::now());
+        let ttl = log.ttl.unwrap_or(self.ttl);
+        log.prune(self.max, ttl, Instant::now());
         let latest = |n: usize| -> Vec<Utf8Bytes> {
             let skip = log.entries.len().saturating_sub(n);
             log.entries

@@ -290,7 +290,8 @@ impl HubHandle {
                             continue;
                         }
                     }
-                    if let Err(e) = h.escalations.close_care(&id).await {
+                    let transcript = self.excerpt_of(slot, h.cfg.history.max).await;
+                    if let Err(e) = h.escalations.close_care(&id, transcript).await {
                         tracing::warn!(error = %e, "could not record a closed care room");
                     }
                 }

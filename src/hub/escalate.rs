@@ -54,14 +54,7 @@ impl HubHandle {
         if !h.escalations.raises(level) {
             return;
         }
-        let context = h.cfg.escalation.context_messages;
-        let mut excerpt: Vec<ExcerptLine> = Vec::with_capacity(context + 1);
-        if context > 0 {
-            match h.backend.history_for_excerpt(room_idx, context).await {
-                Ok(items) => excerpt.extend(items.iter().filter_map(excerpt_line)),
-                Err(e) => tracing::warn!(error = %e, "no context for an escalation excerpt"),
-            }
-        }
+        let mut excerpt = self.excerpt_context(room_idx).await;
         excerpt.push(ExcerptLine {
             id: id.to_string(),
             from: person(&conn.member),
@@ -83,6 +76,81 @@ impl HubHandle {
         };
         if let Err(e) = h.escalations.raise(raise).await {
             tracing::error!(error = %e, room = room_id, "AN ESCALATION COULD NOT BE STORED");
+        }
+    }
+
+    /// Urging someone to harm themselves raises an escalation about the
+    /// person urged, when the message names someone in the room (by their
+    /// pseudonym): they may need a clinician to check on them.
+    pub(super) async fn escalate_urged(
+        &self,
+        conn: &Conn,
+        room: &super::rooms::Room,
+        room_id: &str,
+        id: &str,
+        text: &str,
+        a: &Assessment,
+    ) {
+        const MAX_TARGETS: usize = 3;
+        let h = &self.inner;
+        if !h.escalations.raises("high") {
+            return;
+        }
+        let lower = text.to_lowercase();
+        let targets: Vec<Member> = {
+            let st = room.state.lock();
+            st.members
+                .values()
+                .map(|m| &m.member)
+                .filter(|m| m.role == Role::Peer && m.id != conn.member.id)
+                .filter(|m| !m.name.is_empty() && lower.contains(&m.name.to_lowercase()))
+                .take(MAX_TARGETS)
+                .cloned()
+                .collect()
+        };
+        for target in targets {
+            let mut excerpt = self.excerpt_context(room.idx).await;
+            excerpt.push(ExcerptLine {
+                id: id.to_string(),
+                from: person(&conn.member),
+                text: text.to_string(),
+                ts: super::now_ms(),
+                flagged: true,
+            });
+            let mut signals: Vec<String> = a.signals.iter().map(|s| s.to_string()).collect();
+            signals.push("policy.urging.named_target".into());
+            let raise = Raise {
+                level: "high".into(),
+                room: room_id.to_string(),
+                peer: person(&target),
+                categories: vec!["suicide".into()],
+                signals,
+                excerpt,
+            };
+            if let Err(e) = h.escalations.raise(raise).await {
+                tracing::error!(error = %e, room = room_id, "AN ESCALATION COULD NOT BE STORED");
+            }
+        }
+    }
+
+    /// The room's last messages, for an excerpt's context.
+    async fn excerpt_context(&self, room_idx: u32) -> Vec<ExcerptLine> {
+        self.excerpt_of(room_idx, self.inner.cfg.escalation.context_messages)
+            .await
+    }
+
+    /// The room's last `n` messages as excerpt lines.
+    pub(super) async fn excerpt_of(&self, room_idx: u32, n: usize) -> Vec<ExcerptLine> {
+        let h = &self.inner;
+        if n == 0 {
+            return Vec::new();
+        }
+        match h.backend.history_for_excerpt(room_idx, n).await {
+            Ok(items) => items.iter().filter_map(excerpt_line).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "no context for an escalation excerpt");
+                Vec::new()
+            }
         }
     }
 

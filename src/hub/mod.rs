@@ -347,6 +347,10 @@ struct HubInner {
     shutdown: CancellationToken,
 }
 
+fn cfg_retention_secs(cfg: &Config) -> u64 {
+    cfg.escalation.retention_days.saturating_mul(86_400)
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -473,6 +477,13 @@ impl HubHandle {
         hub.inner
             .escalations
             .set_outlet(Arc::new(escalate::HubOutlet(Arc::downgrade(&hub.inner))));
+        if let Backend::Memory(m) = &hub.inner.backend {
+            // Care rooms keep their history as long as their escalation.
+            let ttl = Duration::from_secs(cfg_retention_secs(&hub.inner.cfg));
+            for r in hub.inner.rooms.care_slots() {
+                m.set_ttl(r.idx, ttl);
+            }
+        }
         hub.restore_care_rooms();
         Ok(hub)
     }

@@ -76,6 +76,9 @@ impl HubHandle {
                 .await;
             Metrics::inc(&h.metrics.flags);
         }
+        if a.policy == Some(Policy::Urging) && !room.cfg.care {
+            self.escalate_urged(conn, room, room_id, id, text, &a).await;
+        }
         // In a care room a clinician is already with the person.
         if crisis && !room.cfg.care {
             // Stored (and synced) before the send is answered, so the

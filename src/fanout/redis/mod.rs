@@ -142,6 +142,9 @@ struct RoomKeys {
     settings: String,
     watchers: String,
     channel: String,
+    /// How long this room's history is kept (care rooms keep theirs for
+    /// the escalation retention).
+    ttl_ms: u64,
 }
 
 /// Whether this node is subscribed to a room's channel, and on which
@@ -214,7 +217,6 @@ struct Shared {
     node_timeout: Duration,
     sweep_every: Duration,
     max: usize,
-    ttl_ms: u64,
     timeout: Duration,
     health_every: Duration,
     backoff: (Duration, Duration),
@@ -265,6 +267,11 @@ impl RedisFanout {
                     settings: format!("{tag}:settings"),
                     watchers: format!("{tag}:watchers"),
                     channel: format!("{tag}:msg"),
+                    ttl_ms: if r.care {
+                        cfg.escalation.retention_days.saturating_mul(86_400_000)
+                    } else {
+                        cfg.history.ttl_secs.saturating_mul(1000)
+                    },
                     tag,
                 }
             })
@@ -303,7 +310,6 @@ impl RedisFanout {
                 publish: Script::new(PUBLISH_LUA),
                 history: Script::new(HISTORY_LUA),
                 max: cfg.history.max,
-                ttl_ms: cfg.history.ttl_secs.saturating_mul(1000),
                 timeout,
                 health_every: Duration::from_millis(c.health_interval_ms),
                 backoff,
@@ -473,7 +479,7 @@ impl Shared {
             .arg(since_epoch)
             .arg(on_join)
             .arg(self.max)
-            .arg(self.ttl_ms);
+            .arg(keys.ttl_ms);
         let reply: Vec<Value> = self.run(inv).await?;
         let mut it = reply.into_iter();
         let epoch: Arc<str> = match it.next() {
@@ -948,7 +954,7 @@ impl Fanout for RedisFanout {
             .arg(before)
             .arg(after)
             .arg(sh.max)
-            .arg(sh.ttl_ms)
+            .arg(keys.ttl_ms)
             .arg(&keys.channel)
             .arg(sh.room_rate.0)
             .arg(sh.room_rate.1)
