@@ -209,7 +209,7 @@ impl Metrics {
         }
         let _ = writeln!(
             o,
-            "# HELP hearth_escalations Escalations held by this node, by state (resolved ones are not counted).\n# TYPE hearth_escalations gauge\nhearth_escalations{{state=\"open\"}} {}\nhearth_escalations{{state=\"acknowledged\"}} {}",
+            "# HELP hearth_escalations Unresolved escalations known to this node (in cluster mode every node knows all of them), by state.\n# TYPE hearth_escalations gauge\nhearth_escalations{{state=\"open\"}} {}\nhearth_escalations{{state=\"acknowledged\"}} {}",
             self.escalations_open.load(Relaxed),
             self.escalations_acknowledged.load(Relaxed)
         );
