@@ -33,18 +33,6 @@ async fn peer(hub: &TestHub) -> TestClient {
     c
 }
 
-async fn next_of(c: &mut TestClient, ty: &str, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match c.recv_within(left).await {
-            Some(v) if v["type"] == ty => return v,
-            Some(_) => continue,
-            None => panic!("no {ty} within {timeout:?}"),
-        }
-    }
-}
-
 async fn drain(c: &mut TestClient) -> Vec<Value> {
     let mut out = Vec::new();
     while let Some(v) = c.recv_within(QUIET).await {
@@ -58,7 +46,7 @@ async fn escalated(hub: &TestHub) -> (TestClient, TestClient, String, String) {
     let (mut doc, token) = staff(hub, "clinician", "Dr Ada").await;
     let mut p = peer(hub).await;
     p.send_text(ROOM, HIGH).await;
-    let e = next_of(&mut doc, "escalation", Duration::from_secs(5)).await;
+    let e = doc.next_of("escalation", Duration::from_secs(5)).await;
     drain(&mut p).await;
     let id = e["id"].as_str().expect("id").to_string();
     (p, doc, id, token)
@@ -76,7 +64,7 @@ async fn a_clinician_opens_a_care_room_and_the_person_is_invited_and_joins() {
     let room = ok["id"].as_str().expect("room id").to_string();
     assert!(room.starts_with("care-"), "{ok}");
 
-    let inv = next_of(&mut p, "invited", Duration::from_secs(5)).await;
+    let inv = p.next_of("invited", Duration::from_secs(5)).await;
     assert_eq!(inv["room"], room.as_str(), "{inv}");
     assert_eq!(inv["by"]["name"], "Dr Ada", "{inv}");
     assert_eq!(inv["by"]["role"], "clinician", "{inv}");
@@ -92,7 +80,7 @@ async fn a_clinician_opens_a_care_room_and_the_person_is_invited_and_joins() {
         .send_text(&room, "my number is 555 0134 2211, please call")
         .await;
     assert_eq!(ok["type"], "ok", "{ok}");
-    let m = next_of(&mut doc, "message", Duration::from_secs(5)).await;
+    let m = doc.next_of("message", Duration::from_secs(5)).await;
     assert_eq!(m["room"], room.as_str(), "{m}");
     assert_eq!(m["from"]["id"], p.id.as_str(), "{m}");
 
@@ -176,7 +164,7 @@ async fn an_invitation_waits_for_a_person_who_reconnects() {
     let mut back = TestClient::connect(&hub).await;
     let w = back.hello_resume(&session).await;
     assert_eq!(w["resumed"], true, "{w}");
-    let inv = next_of(&mut back, "invited", Duration::from_secs(5)).await;
+    let inv = back.next_of("invited", Duration::from_secs(5)).await;
     assert_eq!(inv["room"], room.as_str(), "{inv}");
     assert_eq!(back.join(&room).await["type"], "joined");
 }
@@ -227,7 +215,7 @@ async fn a_resolved_and_empty_care_room_frees_its_slot_with_nothing_left_behind(
     q.send_text(ROOM, HIGH).await;
     // (Updates of the first one arrive too: it now has a care room.)
     let esc2 = loop {
-        let e = next_of(&mut doc, "escalation", Duration::from_secs(5)).await;
+        let e = doc.next_of("escalation", Duration::from_secs(5)).await;
         if e["id"] != esc.as_str() {
             break e["id"].as_str().expect("id").to_string();
         }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::redis::{RedisOpts, RedisServer};
 use common::webhook::Receiver;
-use common::{mint_staff_token, set, TestClient, TestHub};
-use serde_json::{json, Value};
+use common::{http_request, mint_staff_token, set, TestClient, TestHub};
+use serde_json::json;
 
 const SECRET: &str = "cluster-escalation-secret-0123456789";
 const HOOK_SECRET: &str = "cluster-webhook-secret";
@@ -57,18 +57,6 @@ async fn peer(hub: &TestHub) -> TestClient {
     c
 }
 
-async fn next_escalation(c: &mut TestClient, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match c.recv_within(left).await {
-            Some(v) if v["type"] == "escalation" => return v,
-            Some(_) => continue,
-            None => panic!("no escalation event within {timeout:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_escalation_raised_on_one_node_is_seen_and_acknowledged_on_another() {
     let redis = RedisServer::start(RedisOpts::ephemeral()).await;
@@ -79,8 +67,8 @@ async fn an_escalation_raised_on_one_node_is_seen_and_acknowledged_on_another() 
     let ok = p.send_text(ROOM, HIGH).await;
     assert_eq!(ok["type"], "ok", "{ok}");
 
-    let on_b = next_escalation(&mut doc_b, Duration::from_secs(5)).await;
-    let on_a = next_escalation(&mut doc_a, Duration::from_secs(5)).await;
+    let on_b = doc_b.next_of("escalation", Duration::from_secs(5)).await;
+    let on_a = doc_a.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(on_a["id"], on_b["id"]);
     assert_eq!(on_b["peer"]["id"], p.id.as_str(), "{on_b}");
     assert_eq!(on_b["state"], "open", "{on_b}");
@@ -89,13 +77,13 @@ async fn an_escalation_raised_on_one_node_is_seen_and_acknowledged_on_another() 
         .request(json!({"type": "ack", "escalation": on_b["id"]}))
         .await;
     assert_eq!(ok["type"], "ok", "{ok}");
-    let acked_on_a = next_escalation(&mut doc_a, Duration::from_secs(5)).await;
+    let acked_on_a = doc_a.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(acked_on_a["state"], "acknowledged", "{acked_on_a}");
     assert_eq!(acked_on_a["acknowledged"]["by"]["name"], "Dr Ada");
 
     // A clinician signing in to either node gets the same queue.
     let mut late = clinician(&b).await;
-    let q = next_escalation(&mut late, Duration::from_secs(5)).await;
+    let q = late.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(
         (q["id"].clone(), q["state"].clone()),
         (on_b["id"].clone(), json!("acknowledged"))
@@ -131,9 +119,29 @@ async fn a_survivor_delivers_what_a_killed_node_raised() {
         .json();
     assert_eq!(body["peer"]["id"], p.id.as_str(), "{body}");
     let mut doc = clinician(&b).await;
-    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let e = doc.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(e["id"], body["id"]);
-    assert_eq!(e["deliveries"][0]["state"], "delivered", "{e}");
+    // The survivor records the delivery (a moment after the target took it).
+    let token = mint_staff_token(SECRET, "clinician", "Dr Ada", "1h");
+    let auth = format!("Bearer {token}");
+    let path = format!(
+        "/api/staff/escalations/{}",
+        body["id"].as_str().unwrap_or("")
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, text, _) =
+            http_request(b.addr(), "GET", &path, &[("Authorization", &auth)], "").await;
+        let rec: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if rec["deliveries"][0]["state"] == "delivered" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recorded as delivered: {rec}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(b);
 }
 
@@ -153,7 +161,7 @@ async fn an_escalation_raised_while_redis_is_down_is_kept_and_shared_once_it_is_
         "the person still gets support: {:?}",
         p.backlog()
     );
-    let local = next_escalation(&mut doc_a, Duration::from_secs(5)).await;
+    let local = doc_a.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(local["peer"]["id"], p.id.as_str(), "{local}");
     redis.restart().await;
     // Once Redis is back the spooled escalation reaches the other node.
@@ -211,7 +219,7 @@ async fn a_care_room_opened_on_one_node_is_joined_from_another() {
     let mut doc = clinician(&a).await;
     let mut p = peer(&b).await;
     p.send_text(ROOM, HIGH).await;
-    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let e = doc.next_of("escalation", Duration::from_secs(5)).await;
     let ok = doc
         .request(json!({"type": "care", "escalation": e["id"]}))
         .await;

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::webhook::{expected_signature, Receiver};
 use common::{assert_error, http_request, mint_staff_token, set, TestClient, TestHub};
@@ -58,19 +58,6 @@ async fn drain(c: &mut TestClient) -> Vec<Value> {
     out
 }
 
-/// The next `escalation` event within `timeout`, skipping other frames.
-async fn next_escalation(c: &mut TestClient, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match c.recv_within(left).await {
-            Some(v) if v["type"] == "escalation" => return v,
-            Some(_) => continue,
-            None => panic!("no escalation event within {timeout:?}"),
-        }
-    }
-}
-
 async fn api(hub: &TestHub, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
     let auth = format!("Bearer {token}");
     let (status, text, _) = http_request(
@@ -109,7 +96,7 @@ async fn a_crisis_message_raises_an_escalation_that_a_connected_clinician_sees()
     let ok = p.send_text(ROOM, IMMINENT).await;
     assert_eq!(ok["held"], true, "imminent is held by default: {ok}");
     let flagged_id = ok["id"].as_str().expect("id").to_string();
-    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let e = doc.next_of("escalation", Duration::from_secs(5)).await;
 
     let id = e["id"].as_str().expect("id");
     assert!(id.starts_with("esc_"), "{e}");
@@ -163,7 +150,7 @@ async fn staff_who_arrive_later_get_the_queue_clinicians_all_moderators_their_ro
     let _p = raise(&hub, HIGH).await;
 
     let (mut doc, _) = clinician(&hub).await;
-    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let e = doc.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(e["level"], "high", "{e}");
     assert_eq!(e["state"], "open", "{e}");
 
@@ -177,7 +164,7 @@ async fn staff_who_arrive_later_get_the_queue_clinicians_all_moderators_their_ro
     );
     let ok = m.request(json!({"type": "watch", "room": ROOM})).await;
     assert_eq!(ok["type"], "ok", "{ok}");
-    let got = next_escalation(&mut m, Duration::from_secs(5)).await;
+    let got = m.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(got["id"], e["id"], "{got}");
 }
 
@@ -186,7 +173,7 @@ async fn ack_and_resolve_by_frame_and_by_the_staff_api() {
     let hub = hub_with(|_| {}, None).await;
     let (mut doc, token) = clinician(&hub).await;
     let mut p = raise(&hub, HIGH).await;
-    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let e = doc.next_of("escalation", Duration::from_secs(5)).await;
     let id = e["id"].as_str().expect("id").to_string();
 
     // Peers cannot touch escalations.
@@ -195,7 +182,7 @@ async fn ack_and_resolve_by_frame_and_by_the_staff_api() {
 
     let ok = doc.request(json!({"type": "ack", "escalation": id})).await;
     assert_eq!(ok["type"], "ok", "{ok}");
-    let e2 = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let e2 = doc.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(e2["state"], "acknowledged", "{e2}");
     assert_eq!(e2["acknowledged"]["by"]["name"], "Dr Ada", "{e2}");
     // Acknowledging again is harmless.
@@ -221,7 +208,7 @@ async fn ack_and_resolve_by_frame_and_by_the_staff_api() {
         r["resolved"]["note"], "called back, safe with family",
         "{r}"
     );
-    let e3 = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let e3 = doc.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(e3["state"], "resolved", "{e3}");
 
     let (s, r) = api(&hub, "POST", &path, &token, "").await;
@@ -310,10 +297,18 @@ async fn a_failing_webhook_is_retried_with_the_same_key_until_it_accepts() {
         keys.iter().all(|k| k == &keys[0] && k.is_some()),
         "{keys:?}"
     );
-    let (_, list) = api(&hub, "GET", "/api/staff/escalations", &token, "").await;
-    let d = &list["escalations"][0]["deliveries"][0];
-    assert_eq!(d["state"], "delivered", "{list}");
-    assert_eq!(d["attempts"], 3, "{list}");
+    // Recorded a moment after the target answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let d = loop {
+        let (_, list) = api(&hub, "GET", "/api/staff/escalations", &token, "").await;
+        let d = list["escalations"][0]["deliveries"][0].clone();
+        if d["state"] == "delivered" || std::time::Instant::now() >= deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(d["state"], "delivered", "{d}");
+    assert_eq!(d["attempts"], 3, "{d}");
 }
 
 #[tokio::test]
@@ -330,10 +325,10 @@ async fn a_webhook_that_keeps_failing_is_dead_lettered_and_staff_see_it() {
     .await;
     let (mut doc, token) = clinician(&hub).await;
     let _p = raise(&hub, HIGH).await;
-    let first = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let first = doc.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(first["deliveries"][0]["state"], "pending", "{first}");
     // The clinician is told when delivery is given up.
-    let dead = next_escalation(&mut doc, Duration::from_secs(10)).await;
+    let dead = doc.next_of("escalation", Duration::from_secs(10)).await;
     let d = &dead["deliveries"][0];
     assert_eq!(d["state"], "dead", "{dead}");
     assert_eq!(d["attempts"], 3, "{dead}");
@@ -382,7 +377,7 @@ async fn no_acknowledgement_by_the_deadline_moves_it_to_the_next_tier() {
     let hub = tiered(&t1, &t2).await;
     let (mut doc, _) = clinician(&hub).await;
     let _p = raise(&hub, HIGH).await;
-    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let e = doc.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(e["tier"], 1, "{e}");
     t1.wait_until("tier 1", Duration::from_secs(5), |r| !r.is_empty())
         .await;
@@ -396,7 +391,7 @@ async fn no_acknowledgement_by_the_deadline_moves_it_to_the_next_tier() {
     assert_eq!(body["id"], e["id"], "{body}");
     assert_eq!(body["tier"], 2, "{body}");
     assert_eq!(body["tier_name"], "clinical lead", "{body}");
-    let again = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let again = doc.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(
         (again["tier"].as_u64(), again["state"].as_str()),
         (Some(2), Some("open"))
@@ -409,7 +404,7 @@ async fn an_acknowledgement_before_the_deadline_stops_the_reescalation() {
     let hub = tiered(&t1, &t2).await;
     let (mut doc, _) = clinician(&hub).await;
     let _p = raise(&hub, HIGH).await;
-    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let e = doc.next_of("escalation", Duration::from_secs(5)).await;
     let ok = doc
         .request(json!({"type": "ack", "escalation": e["id"]}))
         .await;
@@ -459,7 +454,7 @@ async fn an_escalation_raised_just_before_a_sigkill_still_reaches_the_webhook() 
     assert_eq!(body["peer"]["id"], p.id.as_str(), "{body}");
     // Still open, and shown to a clinician who signs in to the new node.
     let (mut doc, _) = clinician(&second).await;
-    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let e = doc.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(
         (e["id"].clone(), e["state"].as_str()),
         (body["id"].clone(), Some("open"))
@@ -503,7 +498,7 @@ async fn earlier_signals_from_the_same_person_raise_a_later_message() {
     drain(&mut p).await;
     p.send_text(ROOM, "i'm fine now 🙂 don't worry about me")
         .await;
-    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let e = doc.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(e["peer"]["id"], p.id.as_str(), "{e}");
     assert_eq!(e["level"], "high", "{e}");
     assert!(
@@ -527,7 +522,7 @@ async fn urging_a_named_person_raises_an_escalation_about_them() {
     let text = format!("{} just kill yourself already", target.name);
     let ok = bully.send_text(ROOM, &text).await;
     assert_eq!(ok["held"], true, "urging is held: {ok}");
-    let e = next_escalation(&mut doc, Duration::from_secs(5)).await;
+    let e = doc.next_of("escalation", Duration::from_secs(5)).await;
     assert_eq!(
         e["peer"]["id"],
         target.id.as_str(),

@@ -768,10 +768,11 @@ impl Escalations {
         let ev = Event::Open {
             esc: Box::new(esc.clone()),
         };
+        // Counted first: staff may read the metrics as soon as they are told.
+        self.metrics.count_escalation(&esc.level);
         if let Err(e) = self.commit(ev.clone()).await {
             self.spool(ev, e).await?;
         }
-        self.metrics.count_escalation(&esc.level);
         self.audit(json!({
             "ts": now,
             "actor": {"id": "hearth", "name": "Hearth", "role": "system"},

@@ -394,22 +394,20 @@ async fn resolve(
 /// The record, or 404 for an unknown escalation and 409 for one already
 /// resolved.
 fn escalation_reply(r: Result<serde_json::Value, HubError>) -> Response {
+    let status = match &r {
+        Ok(_) => StatusCode::OK,
+        Err(HubError::NoSuchEscalation(_)) => StatusCode::NOT_FOUND,
+        Err(HubError::EscalationResolved(_)) => StatusCode::CONFLICT,
+        Err(e) => return hub_error(e),
+    };
     match r {
         Ok(v) => Json(v).into_response(),
-        Err(e @ HubError::NoSuchEscalation(_)) => ApiError {
-            status: StatusCode::NOT_FOUND,
+        Err(e) => ApiError {
+            status,
             code: e.code(),
             message: e.sentence(),
             retry_after_ms: None,
         }
         .into_response(),
-        Err(e @ HubError::EscalationResolved(_)) => ApiError {
-            status: StatusCode::CONFLICT,
-            code: e.code(),
-            message: e.sentence(),
-            retry_after_ms: None,
-        }
-        .into_response(),
-        Err(e) => hub_error(&e),
     }
 }

@@ -761,6 +761,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TestClient<S> {
         }
     }
 
+    /// The next frame of type `ty` within `timeout`, skipping (and
+    /// dropping) any other frames; panics with the type when none comes.
+    pub async fn next_of(&mut self, ty: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv_within(left).await {
+                Some(v) if v["type"] == ty => return v,
+                Some(_) => continue,
+                None => panic!("no {ty} within {timeout:?}"),
+            }
+        }
+    }
+
     /// `hello` without resume; returns the `welcome` and records identity.
     pub async fn hello(&mut self) -> Value {
         self.hello_with(json!({"type": "hello"})).await
