@@ -1,4 +1,6 @@
-//! HTTP: the axum router for `/ws`, health, metrics and the public API.
+//! HTTP: the axum router for `/ws`, health, metrics, the public API and the
+//! peer page (`web/`, embedded in the binary: no build step, no files to
+//! deploy beside it).
 //!
 //! Owns request-level checks that happen before a connection exists: the
 //! `Origin` allow-list and the per-address connection limit (the address is
@@ -8,7 +10,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -68,20 +70,86 @@ impl IntoResponse for ApiError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/static/app.js", get(app_js))
+        .route("/static/app.css", get(app_css))
+        .route("/static/icon.svg", get(icon_svg))
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/rooms", get(rooms))
+        .route("/api/rooms/{id}/guidelines", get(guidelines))
         .merge(staff_api::routes())
         .with_state(state)
 }
 
-async fn index() -> impl IntoResponse {
+/// The pages are static files compiled in. Scripts and styles only from
+/// this origin (no inline code), sockets only to this origin, no framing.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+/// A page asset with the headers every one of them carries. `no-cache`:
+/// browsers revalidate, so a new binary's page and script never mix with
+/// an old cached one (the files are small).
+fn page_asset(content_type: &'static str, body: &'static str) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "Hearth is running.\n\nWebSocket: /ws (see docs/protocol.md)\nRooms: /api/rooms\nHealth: /healthz, /readyz\nMetrics: /metrics\n",
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        body,
     )
+        .into_response()
+}
+
+async fn index() -> Response {
+    page_asset(
+        "text/html; charset=utf-8",
+        include_str!("../../web/index.html"),
+    )
+}
+
+async fn app_js() -> Response {
+    page_asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/app.js"),
+    )
+}
+
+async fn app_css() -> Response {
+    page_asset("text/css; charset=utf-8", include_str!("../../web/app.css"))
+}
+
+async fn icon_svg() -> Response {
+    page_asset("image/svg+xml", include_str!("../../web/icon.svg"))
+}
+
+/// A listed room's guidelines, so the page can show them before `join`
+/// (they are otherwise only in `joined`). Care rooms are not listed: 404.
+async fn guidelines(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    match app
+        .hub
+        .config()
+        .rooms
+        .iter()
+        .find(|r| !r.care && r.id == id)
+    {
+        Some(r) => {
+            Json(serde_json::json!({ "room": r.id, "guidelines": r.guidelines })).into_response()
+        }
+        None => ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: ErrorCode::NoSuchRoom,
+            message: ErrorCode::NoSuchRoom.sentence().into(),
+            retry_after_ms: None,
+        }
+        .into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {
