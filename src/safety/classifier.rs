@@ -24,8 +24,32 @@
 //!    with means, timeframe, preparation and goodbyes; deferral ("not today.
 //!    tomorrow …") counts as intent, not as negation. Risk to someone else is
 //!    judged on its own ladder and adds `third_party`.
+//!    A second, word-level layer then runs on the same hits (the *cue
+//!    layer*, `Ctx::cue_levels`): see below. The higher level wins.
 //! 6. Policy filters look for contact details, links, drug sourcing, method
 //!    details and urging, judged separately from the level.
+//!
+//! The cue layer generalises where whole phrases do not. `[cue.<name>]`
+//! in config lists the words of one *cue family* (a lethal means, a place
+//! to fall from, pills, acquisition, preparation, an act in progress, a
+//! symptom, a timeframe, a hidden moment, first-person intent, a farewell,
+//! finality, thought for those left behind, burden, unreachable, alone,
+//! tolerance lost, a self-injury verb with a body part…), and may say which
+//! lexicon families count as it too (`also`). Stems are prefix matches with
+//! a trailing `*` (`pastill*`, `despidiendo*`); folding (case, accents,
+//! leetspeak, repeated letters) does the rest, so no inflection is listed
+//! twice. Cue words go into the same Aho-Corasick pass as the lexicon, as
+//! `Fam::Cue` hits carrying their family id, so every suppressor applies to
+//! them: idioms, urging and grief overlaps, gaming, negation scope, past and
+//! recovery talk, hypothetical help-seeking, and (per family flag) habitual
+//! time words and ordinary reasons. A cue takes the subject of its own
+//! sentence, else the person of the cue before it, else the writer.
+//! `[[cue_rule]]` rows combine families (all / any / unless, in one sentence
+//! or the whole message, for the writer or someone else) into a level and
+//! categories, reported as `family.<id>` in `signals`. A rule of two or more
+//! families needs two separate, non-overlapping hits, so one phrase never
+//! counts twice; someone else's rules are silenced while a death is being
+//! described (grief).
 //!
 //! Which words do what lives in config; this file holds only the roles of
 //! the families and the ladders, so the rules can grow without code changes.
@@ -383,6 +407,8 @@ families! {
     Urging => "urging",
     Sourcing => "sourcing",
     ContactRequest => "contact_request",
+    // A word of a cue family (`[cue.<name>]`); which one is `Hit::cue`.
+    Cue => "cue",
 }
 
 const _: () = assert!(FAMILIES.len() <= 128);
@@ -401,7 +427,7 @@ impl Fam {
 
     /// Families filled by the classifier itself, never by a lexicon list.
     fn is_internal(self) -> bool {
-        matches!(self, Fam::Number | Fam::Year)
+        matches!(self, Fam::Number | Fam::Year | Fam::Cue)
     }
 
     /// Category and base level of a risk family.
@@ -512,6 +538,76 @@ struct FileConfig {
     /// quantities (`seis` = 6, `treinta` = 30).
     #[serde(default)]
     numbers: BTreeMap<String, u32>,
+    /// Word-level cue families of the generalising layer (see `cues`).
+    #[serde(default)]
+    cue: BTreeMap<String, CueConfig>,
+    /// How cue families combine into a level.
+    #[serde(default)]
+    cue_rule: Vec<CueRuleConfig>,
+}
+
+/// One cue family: words and stems (`pastill*`), and the lexicon families
+/// that count as it too. A family may be spread over several files (its
+/// words per language); each flag may be set in one file only, or to the
+/// same value everywhere.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CueConfig {
+    /// Person taken from context, like lexicon `phrases`.
+    words: Option<Vec<String>>,
+    #[serde(rename = "self")]
+    me: Option<Vec<String>>,
+    other: Option<Vec<String>>,
+    /// Lexicon families whose live hits count as this cue.
+    also: Option<Vec<String>>,
+    /// Belongs to a person (default true); false for message-wide cues
+    /// (time words, means that may be someone else's).
+    person: Option<bool>,
+    /// Negation and past talk in scope cancel it (default true).
+    negatable: Option<bool>,
+    /// Habitual time words in the sentence cancel it (default false).
+    habitual: Option<bool>,
+    /// An ordinary reason in the sentence cancels it (default false).
+    ordinary: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum CueScope {
+    Sentence,
+    #[default]
+    Message,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum CuePerson {
+    #[default]
+    Any,
+    #[serde(rename = "self")]
+    Me,
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CueRuleConfig {
+    /// Reported as `family.<id>` in `Assessment::signals`.
+    id: String,
+    /// Every one of these cue families; `name:2` asks for two separate hits.
+    all: Vec<String>,
+    /// ...and at least one of these, if given.
+    #[serde(default)]
+    any: Vec<String>,
+    /// ...and none of these anywhere in the message.
+    #[serde(default)]
+    unless: Vec<String>,
+    #[serde(default)]
+    scope: CueScope,
+    #[serde(default)]
+    person: CuePerson,
+    level: String,
+    categories: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -601,7 +697,37 @@ struct Entry {
     loose: bool,
     prefix: bool,
     value: u32,
+    /// The cue family, when `fam` is `Fam::Cue`.
+    cue: u8,
 }
+
+/// A compiled cue family.
+#[derive(Debug)]
+struct CueFamily {
+    name: String,
+    person: bool,
+    negatable: bool,
+    habitual: bool,
+    ordinary: bool,
+}
+
+/// A compiled cue rule: bit masks over cue families.
+#[derive(Debug)]
+struct CueRule {
+    id: &'static str,
+    all: u64,
+    /// Cue families that need two separate hits (message scope only).
+    twice: u64,
+    any: u64,
+    unless: u64,
+    sentence: bool,
+    person: CuePerson,
+    level: Level,
+    cats: u8,
+}
+
+/// Most cue families (one bit each in a `u64`).
+const MAX_CUES: usize = 64;
 
 #[derive(Debug)]
 struct Combo {
@@ -627,6 +753,11 @@ pub struct Classifier {
     allow_numbers: Vec<String>,
     allow_domains: Vec<String>,
     tlds: Vec<String>,
+    cues: Vec<CueFamily>,
+    cue_rules: Vec<CueRule>,
+    /// Per lexicon family (by `Fam as usize`), the cue families its hits
+    /// count as (`also`).
+    cue_also: Vec<u64>,
 }
 
 /// The config shipped in the binary, in load order.
@@ -710,7 +841,14 @@ impl Classifier {
                 out,
                 "  {}{:<20} {:?}{} {:?}",
                 if h.dead { "x " } else { "  " },
-                h.fam.name(),
+                if h.fam == Fam::Cue {
+                    self.cues
+                        .get(usize::from(h.cue))
+                        .map(|c| c.name.as_str())
+                        .unwrap_or("cue")
+                } else {
+                    h.fam.name()
+                },
                 h.person,
                 if h.loose { " loose" } else { "" },
                 words.join(" ")
@@ -746,6 +884,37 @@ struct Builder {
     tlds: Vec<String>,
     fold: FoldScratch,
     folded: Folded,
+    cues: Vec<CueBuild>,
+    cue_rules: Vec<(String, CueRuleConfig)>,
+}
+
+/// A cue family while the files are read: flags stay unset until a file
+/// sets them, so one file may hold the flags and others the words.
+#[derive(Default)]
+struct CueBuild {
+    name: String,
+    flags: [Option<bool>; 4],
+    also: Vec<Fam>,
+    words: usize,
+}
+
+/// Rule ids live as long as the process: `Assessment::signals` holds
+/// `&'static str`. Each distinct id is leaked once, however often a
+/// classifier is built (tests build several).
+fn intern(id: String) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static IDS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut ids = IDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = ids.get(id.as_str()) {
+        return s;
+    }
+    let s: &'static str = Box::leak(id.into_boxed_str());
+    ids.insert(s);
+    s
 }
 
 impl Builder {
@@ -768,6 +937,7 @@ impl Builder {
         person: Person,
         loose: bool,
         value: u32,
+        cue: u8,
     ) -> Result<(), ConfigError> {
         let trimmed = phrase.trim();
         let (body, prefix) = match trimmed.strip_suffix('*') {
@@ -811,12 +981,16 @@ impl Builder {
             loose,
             prefix,
             value,
+            cue,
         };
         let list = &mut self.entries[id];
-        if !list
-            .iter()
-            .any(|e| e.fam == fam && e.person == person && e.prefix == prefix && e.loose == loose)
-        {
+        if !list.iter().any(|e| {
+            e.fam == fam
+                && e.person == person
+                && e.prefix == prefix
+                && e.loose == loose
+                && e.cue == cue
+        }) {
             list.push(entry);
         }
         Ok(())
@@ -863,7 +1037,7 @@ impl Builder {
                     });
                 }
                 for phrase in list {
-                    self.add_phrase(file, &key, phrase, fam, person, loose, 0)?;
+                    self.add_phrase(file, &key, phrase, fam, person, loose, 0, 0)?;
                 }
             }
         }
@@ -892,6 +1066,7 @@ impl Builder {
                 Person::Neutral,
                 false,
                 *value,
+                0,
             )?;
         }
         if let Some(allow) = &cfg.allow {
@@ -970,7 +1145,190 @@ impl Builder {
                 room: c.room.clone(),
             });
         }
+        self.add_cues(file, cfg.cue)?;
+        self.cue_rules
+            .extend(cfg.cue_rule.into_iter().map(|r| (file.to_string(), r)));
         Ok(())
+    }
+
+    fn cue_id(&mut self, name: &str) -> Option<u8> {
+        if let Some(i) = self.cues.iter().position(|c| c.name == name) {
+            return u8::try_from(i).ok();
+        }
+        if self.cues.len() >= MAX_CUES {
+            return None;
+        }
+        self.cues.push(CueBuild {
+            name: name.to_string(),
+            ..CueBuild::default()
+        });
+        u8::try_from(self.cues.len() - 1).ok()
+    }
+
+    fn add_cues(
+        &mut self,
+        file: &str,
+        cues: BTreeMap<String, CueConfig>,
+    ) -> Result<(), ConfigError> {
+        for (name, cfg) in cues {
+            let key = format!("cue.{name}");
+            let invalid = |message: String| ConfigError::Invalid {
+                file: file.to_string(),
+                key: key.clone(),
+                message,
+            };
+            let id = self
+                .cue_id(&name)
+                .ok_or_else(|| invalid(format!("at most {MAX_CUES} cue families")))?;
+            let flags = [cfg.person, cfg.negatable, cfg.habitual, cfg.ordinary];
+            for (slot, (new, flag)) in flags
+                .into_iter()
+                .zip(["person", "negatable", "habitual", "ordinary"])
+                .enumerate()
+            {
+                let Some(new) = new else { continue };
+                let old = &mut self.cues[usize::from(id)].flags[slot];
+                if old.is_some_and(|o| o != new) {
+                    return Err(invalid(format!("{flag} is set to both values")));
+                }
+                *old = Some(new);
+            }
+            for name in cfg.also.iter().flatten() {
+                let fam = Fam::from_name(name)
+                    .filter(|f| !f.is_internal())
+                    .ok_or_else(|| ConfigError::UnknownReference {
+                        file: file.to_string(),
+                        key: format!("{key}.also"),
+                        family: name.clone(),
+                    })?;
+                self.cues[usize::from(id)].also.push(fam);
+            }
+            let groups = [
+                ("words", &cfg.words, Person::Neutral),
+                ("self", &cfg.me, Person::Me),
+                ("other", &cfg.other, Person::Other),
+            ];
+            for (group, list, person) in groups {
+                let Some(list) = list else { continue };
+                let key = format!("{key}.{group}");
+                if list.is_empty() {
+                    return Err(ConfigError::EmptyList {
+                        file: file.to_string(),
+                        key,
+                    });
+                }
+                for phrase in list {
+                    self.add_phrase(file, &key, phrase, Fam::Cue, person, false, 0, id)?;
+                }
+                self.cues[usize::from(id)].words += list.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Compiles the cue families and rules once every file is read, so a
+    /// rule may name a family whose words come from a later file.
+    #[allow(clippy::type_complexity)]
+    fn finish_cues(&mut self) -> Result<(Vec<CueFamily>, Vec<CueRule>, Vec<u64>), ConfigError> {
+        let mut also = vec![0u64; FAMILIES.len()];
+        let mut families = Vec::with_capacity(self.cues.len());
+        for (i, c) in self.cues.iter().enumerate() {
+            if c.words == 0 && c.also.is_empty() {
+                return Err(ConfigError::EmptyList {
+                    file: "config/safety".into(),
+                    key: format!("cue.{} (no words and no `also`)", c.name),
+                });
+            }
+            for f in &c.also {
+                also[*f as usize] |= 1u64 << i;
+            }
+            let [person, negatable, habitual, ordinary] = c.flags;
+            families.push(CueFamily {
+                name: c.name.clone(),
+                person: person.unwrap_or(true),
+                negatable: negatable.unwrap_or(true),
+                habitual: habitual.unwrap_or(false),
+                ordinary: ordinary.unwrap_or(false),
+            });
+        }
+        let mut rules = Vec::with_capacity(self.cue_rules.len());
+        for (i, (file, r)) in self.cue_rules.iter().enumerate() {
+            let key = format!("cue_rule[{i}] ({})", r.id);
+            let invalid = |message: String| ConfigError::Invalid {
+                file: file.clone(),
+                key: key.clone(),
+                message,
+            };
+            let bit = |name: &str, what: &str| -> Result<u64, ConfigError> {
+                families
+                    .iter()
+                    .position(|c| c.name == name)
+                    .map(|p| 1u64 << p)
+                    .ok_or_else(|| ConfigError::UnknownReference {
+                        file: file.clone(),
+                        key: format!("{key}.{what}"),
+                        family: name.to_string(),
+                    })
+            };
+            if r.all.is_empty() {
+                return Err(ConfigError::EmptyList {
+                    file: file.clone(),
+                    key: format!("{key}.all"),
+                });
+            }
+            let (mut all, mut twice, mut any, mut unless) = (0u64, 0u64, 0u64, 0u64);
+            for name in &r.all {
+                match name.split_once(':') {
+                    Some((n, "2")) => {
+                        let b = bit(n, "all")?;
+                        all |= b;
+                        twice |= b;
+                    }
+                    Some(_) => return Err(invalid(format!("{name:?}: only `:2` is supported"))),
+                    None => all |= bit(name, "all")?,
+                }
+            }
+            if twice != 0 && r.scope == CueScope::Sentence {
+                return Err(invalid("`:2` needs message scope".into()));
+            }
+            for name in &r.any {
+                any |= bit(name, "any")?;
+            }
+            for name in &r.unless {
+                unless |= bit(name, "unless")?;
+            }
+            let level = Level::parse(&r.level)
+                .filter(|l| *l > Level::None)
+                .ok_or_else(|| {
+                    invalid(format!("level {:?}: concern, high or imminent", r.level))
+                })?;
+            let mut cats = 0u8;
+            for c in &r.categories {
+                let c = Category::parse(c)
+                    .filter(|c| *c != Category::ThirdParty)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "category {c:?} (third_party is added for person = other)"
+                        ))
+                    })?;
+                cats |= c.bit();
+            }
+            if cats == 0 {
+                return Err(invalid("categories: name at least one".into()));
+            }
+            rules.push(CueRule {
+                id: intern(format!("family.{}", r.id)),
+                all,
+                twice,
+                any,
+                unless,
+                sentence: r.scope == CueScope::Sentence,
+                person: r.person,
+                level,
+                cats,
+            });
+        }
+        Ok((families, rules, also))
     }
 
     fn finish(mut self) -> Result<Classifier, ConfigError> {
@@ -978,6 +1336,7 @@ impl Builder {
             return Err(ConfigError::NoPhrases);
         }
         self.mask.finish();
+        let (cues, cue_rules, cue_also) = self.finish_cues()?;
         // A contiguous NFA is as fast here as a DFA (a few hundred
         // nanoseconds per message) at a twentieth of the memory (~0.5 MiB).
         let ac = AhoCorasick::builder()
@@ -998,6 +1357,9 @@ impl Builder {
             allow_numbers: self.allow_numbers,
             allow_domains: self.allow_domains,
             tlds: self.tlds,
+            cues,
+            cue_rules,
+            cue_also,
         })
     }
 }
@@ -1018,6 +1380,8 @@ struct Hit {
     /// The hit involves a drug (adds `overdose` to suicide-ladder signals).
     drug: bool,
     value: u32,
+    /// The cue family, when `fam` is `Fam::Cue`.
+    cue: u8,
 }
 
 impl Hit {
@@ -1031,6 +1395,7 @@ impl Hit {
             dead: false,
             drug: false,
             value: 0,
+            cue: 0,
         }
     }
 
@@ -1134,6 +1499,28 @@ impl Ctx<'_> {
         self.f.tok_text(tok as usize)
     }
 
+    fn cue_flag(&self, h: &Hit, flag: fn(&CueFamily) -> bool) -> bool {
+        h.fam == Fam::Cue && self.c.cues.get(usize::from(h.cue)).is_some_and(flag)
+    }
+
+    /// `Fam::negatable`, with a cue family's own flag.
+    fn negatable(&self, h: &Hit) -> bool {
+        if h.fam == Fam::Cue {
+            self.cue_flag(h, |c| c.negatable)
+        } else {
+            h.fam.negatable()
+        }
+    }
+
+    /// `Fam::has_person`, with a cue family's own flag.
+    fn has_person(&self, h: &Hit) -> bool {
+        if h.fam == Fam::Cue {
+            self.cue_flag(h, |c| c.person)
+        } else {
+            h.fam.has_person()
+        }
+    }
+
     fn alive(&self, fam: Fam) -> bool {
         self.hits.iter().any(|h| !h.dead && h.fam == fam)
     }
@@ -1170,6 +1557,7 @@ impl Ctx<'_> {
                 let mut h = Hit::new(entry.fam, s, e, entry.person);
                 h.loose = entry.loose;
                 h.value = entry.value;
+                h.cue = entry.cue;
                 self.hits.push(h);
             }
         }
@@ -1219,10 +1607,12 @@ impl Ctx<'_> {
             let h = self.hits[i];
             let kills: fn(Fam) -> bool = match h.fam {
                 Fam::Idiom => |f| f != Fam::Idiom && f != Fam::Levity && f != Fam::Gaming,
-                Fam::Urging => |f| f.risk().is_some() || f.is_raiser(),
+                Fam::Urging => |f| f.risk().is_some() || f.is_raiser() || f == Fam::Cue,
                 Fam::OutsidePrescription => |f| f == Fam::Treatment,
                 // A death being described is grief; its words are inert.
-                Fam::GriefOther => |f| f.risk().is_some() || f.is_raiser() || f.is_helper(),
+                Fam::GriefOther => {
+                    |f| f.risk().is_some() || f.is_raiser() || f.is_helper() || f == Fam::Cue
+                }
                 Fam::NegationPseudo => |f| f == Fam::Negation,
                 _ => continue,
             };
@@ -1230,6 +1620,20 @@ impl Ctx<'_> {
                 if i != j && kills(self.hits[j].fam) && self.hits[j].overlaps(&h) {
                     self.hits[j].dead = true;
                 }
+            }
+        }
+        // A gaming word inside a longer cue is not gaming talk ("level
+        // crossing", "nivel del puente").
+        for i in 0..n {
+            let g = self.hits[i];
+            if g.fam != Fam::Gaming {
+                continue;
+            }
+            let inside = self.hits.iter().any(|c| {
+                c.fam == Fam::Cue && !c.dead && c.s <= g.s && c.e >= g.e && c.e - c.s > g.e - g.s
+            });
+            if inside {
+                self.hits[i].dead = true;
             }
         }
         // In a treatment context ("gp started me on …, anyone else feel
@@ -1483,7 +1887,8 @@ impl Ctx<'_> {
                 // wish written out in full ("… i'd be relieved lol").
                 _ if h.loose && levity => true,
                 // "kill myself in game to respawn", "me suicidé en el juego".
-                f if matches!(f.risk(), Some((Category::Suicide | Category::SelfHarm, _)))
+                f if (f == Fam::Cue
+                    || matches!(f.risk(), Some((Category::Suicide | Category::SelfHarm, _))))
                     && self.alive_in_sentence(Fam::Gaming, sent) =>
                 {
                     true
@@ -1492,6 +1897,20 @@ impl Ctx<'_> {
                 // ("every morning on the platform i think about …").
                 Fam::Timeframe | Fam::Opportunity | Fam::LocationNow
                     if self.alive_in_sentence(Fam::Habitual, sent) =>
+                {
+                    true
+                }
+                // The same suppressors for the cue families that ask for
+                // them in config.
+                Fam::Cue
+                    if self.cue_flag(&h, |c| c.habitual)
+                        && self.alive_in_sentence(Fam::Habitual, sent) =>
+                {
+                    true
+                }
+                Fam::Cue
+                    if self.cue_flag(&h, |c| c.ordinary)
+                        && self.alive_in_sentence(Fam::Ordinary, sent) =>
                 {
                     true
                 }
@@ -1520,7 +1939,7 @@ impl Ctx<'_> {
                 // the risk words describe someone hypothetical in a request
                 // for help, not a disclosure.
                 f if help_seeking
-                    && (f.risk().is_some() || f.is_raiser())
+                    && (f.risk().is_some() || f.is_raiser() || f == Fam::Cue)
                     && self.hits.iter().any(|q| {
                         !q.dead
                             && q.fam == Fam::Hypothetical
@@ -1541,7 +1960,7 @@ impl Ctx<'_> {
         if self.alive(Fam::Past) {
             for i in 0..n {
                 let h = self.hits[i];
-                if h.dead || !(h.fam.negatable() && h.fam != Fam::HelpSeeking) {
+                if h.dead || !(self.negatable(&h) && h.fam != Fam::HelpSeeking) {
                     continue;
                 }
                 if self.is_past(&h) {
@@ -1562,7 +1981,10 @@ impl Ctx<'_> {
                 !o.dead
                     && o.fam != Fam::Negation
                     && (o.fam.negatable()
-                        || matches!(o.fam, Fam::IntentDenial | Fam::Deferral | Fam::Reassurance))
+                        || matches!(
+                            o.fam,
+                            Fam::IntentDenial | Fam::Deferral | Fam::Reassurance | Fam::Cue
+                        ))
                     && o.overlaps(cue)
             });
             if !consumed {
@@ -1574,7 +1996,7 @@ impl Ctx<'_> {
         }
         for i in 0..self.hits.len() {
             let h = self.hits[i];
-            if h.dead || !h.fam.negatable() {
+            if h.dead || !self.negatable(&h) {
                 continue;
             }
             if self.is_negated(&h, &cues) {
@@ -1625,7 +2047,10 @@ impl Ctx<'_> {
     fn resolve_persons(&mut self) {
         for i in 0..self.hits.len() {
             let h = self.hits[i];
-            if h.dead || h.person != Person::Neutral || !h.fam.has_person() {
+            if h.dead || h.person != Person::Neutral || !self.has_person(&h) {
+                continue;
+            }
+            if h.fam == Fam::Cue {
                 continue;
             }
             let person = if h.fam.is_abuse() {
@@ -1634,6 +2059,42 @@ impl Ctx<'_> {
                 self.subject_before(&h)
             };
             self.hits[i].person = person;
+        }
+        self.resolve_cue_persons();
+    }
+
+    /// Cue words take the subject of their own sentence; with none there,
+    /// they continue the person of the cue before them ("my brother sent a
+    /// goodbye. not answering"), else the writer. A possessive in an earlier
+    /// sentence ("took all of mum's pills. so sleepy") is not a subject.
+    fn resolve_cue_persons(&mut self) {
+        let mut order: Vec<usize> = (0..self.hits.len())
+            .filter(|&i| {
+                let h = &self.hits[i];
+                h.fam == Fam::Cue && !h.dead && self.has_person(h)
+            })
+            .collect();
+        if order.is_empty() {
+            return;
+        }
+        order.sort_by_key(|&i| (self.hits[i].s, self.hits[i].e));
+        let mut last = Person::Me;
+        for i in order {
+            let h = self.hits[i];
+            if h.person != Person::Neutral {
+                last = h.person;
+                continue;
+            }
+            let sent = self.sentence(h.s);
+            let own = self.hits.iter().any(|m| {
+                !m.dead
+                    && matches!(m.fam, Fam::SubjectSelf | Fam::SubjectOther)
+                    && self.sentence(m.s) == sent
+                    && m.s < h.e
+            });
+            let person = if own { self.subject_before(&h) } else { last };
+            self.hits[i].person = person;
+            last = person;
         }
     }
 
@@ -1645,7 +2106,10 @@ impl Ctx<'_> {
             }
             // A raiser names whom it is addressed to ("sorry mum", "look
             // after my kids"), not who is at risk: only look before it.
-            let addressed = matches!(h.fam, Fam::Goodbye | Fam::Preparation | Fam::Finality);
+            let addressed = matches!(
+                h.fam,
+                Fam::Goodbye | Fam::Preparation | Fam::Finality | Fam::Cue
+            );
             let inside = m.s >= h.s && m.e <= h.e && (!addressed || m.fam == Fam::SubjectSelf);
             if !inside && m.e > h.s {
                 continue;
@@ -1682,8 +2146,18 @@ impl Ctx<'_> {
         let me = Feat::collect(self, Person::Me);
         let other = Feat::collect(self, Person::Other);
         let bereavement = self.room == "bereavement";
-        let (lv_me, cats_me) = me.judge(&shared, Person::Me, bereavement);
-        let (lv_other, cats_other) = other.judge(&shared, Person::Other, false);
+        let (mut lv_me, mut cats_me) = me.judge(&shared, Person::Me, bereavement);
+        let (mut lv_other, mut cats_other) = other.judge(&shared, Person::Other, false);
+        // The word-level layer: cue families combined by the rule table.
+        let [(cl_me, cc_me), (cl_other, cc_other)] = self.cue_levels(signals);
+        if cl_me > Level::None {
+            lv_me = lv_me.max(cl_me);
+            cats_me |= cc_me;
+        }
+        if cl_other > Level::None {
+            lv_other = lv_other.max(cl_other);
+            cats_other |= cc_other;
+        }
         let level = lv_me.max(lv_other);
         if level == Level::None {
             return (Level::None, Vec::new());
@@ -1711,6 +2185,133 @@ impl Ctx<'_> {
             .filter(|c| bits & c.bit() != 0)
             .collect();
         (level, cats)
+    }
+
+    /// Step 5b: the cue rules. For the writer and for someone else, a rule
+    /// fires when every family in `all` (and one in `any`, if given) has a
+    /// live hit that is theirs or message-wide, in one sentence or anywhere
+    /// in the message, and no family in `unless` is present. Someone
+    /// else's rule needs at least one hit that is theirs. Returns the
+    /// level and category bits per person (`[writer, other]`) and reports
+    /// the rules that fired.
+    fn cue_levels(&self, signals: &mut Vec<&'static str>) -> [(Level, u8); 2] {
+        let mut out = [(Level::None, 0u8); 2];
+        let c = self.c;
+        if c.cue_rules.is_empty() {
+            return out;
+        }
+        // Masks of cue families per owner: writer, other, message-wide.
+        let mut msg = [0u64; 3];
+        let mut twice = [0u64; 3];
+        // Per sentence, in order of first sight; messages have few.
+        let mut sents: Vec<(u32, [u64; 3])> = Vec::new();
+        // Cue-bearing hits (mask, owner, index), so a rule of two or more
+        // families is never met by one phrase that counts as both.
+        let mut parts: Vec<(u64, usize, usize)> = Vec::new();
+        let counted = c.cue_rules.iter().fold(0u64, |m, r| m | r.twice);
+        for (i, h) in self.hits.iter().enumerate() {
+            if h.dead {
+                continue;
+            }
+            let mask = if h.fam == Fam::Cue {
+                1u64 << h.cue
+            } else {
+                c.cue_also.get(h.fam as usize).copied().unwrap_or(0)
+            };
+            if mask == 0 {
+                continue;
+            }
+            let owner = if !self.has_person(h) {
+                2
+            } else if h.person == Person::Other {
+                1
+            } else {
+                0
+            };
+            // A second, separate hit of a family counted twice.
+            let again = mask & counted & msg[owner];
+            if again != 0 {
+                let overlapping = self.hits[..i].iter().any(|o| {
+                    !o.dead && o.overlaps(h) && {
+                        let m = if o.fam == Fam::Cue {
+                            1u64 << o.cue
+                        } else {
+                            c.cue_also.get(o.fam as usize).copied().unwrap_or(0)
+                        };
+                        m & again != 0
+                    }
+                });
+                if !overlapping {
+                    twice[owner] |= again;
+                }
+            }
+            msg[owner] |= mask;
+            parts.push((mask, owner, i));
+            let sent = self.sentence(h.s);
+            match sents.iter_mut().find(|(s, _)| *s == sent) {
+                Some((_, m)) => m[owner] |= mask,
+                None => {
+                    let mut m = [0u64; 3];
+                    m[owner] = mask;
+                    sents.push((sent, m));
+                }
+            }
+        }
+        if msg == [0; 3] {
+            return out;
+        }
+        let everywhere = msg[0] | msg[1] | msg[2];
+        // A death being described ("that's what the coroner said") makes
+        // someone else's cues grief, not a risk to a living person; the
+        // writer's own cues still count.
+        let grief = self.alive(Fam::GriefOther);
+        for r in &c.cue_rules {
+            if everywhere & r.all != r.all || everywhere & r.unless != 0 {
+                continue;
+            }
+            for (p, slot) in out.iter_mut().enumerate() {
+                let wanted = match r.person {
+                    _ if p == 1 && grief => false,
+                    CuePerson::Any => true,
+                    CuePerson::Me => p == 0,
+                    CuePerson::Other => p == 1,
+                };
+                if !wanted || (slot.0 >= r.level && slot.1 & r.cats == r.cats) {
+                    continue;
+                }
+                let fits = |m: &[u64; 3]| {
+                    let have = m[p] | m[2];
+                    have & r.all == r.all
+                        && (r.any == 0 || have & r.any != 0)
+                        && (p == 0 || m[1] & (r.all | r.any) != 0)
+                };
+                let fired = if r.sentence {
+                    sents.iter().any(|(_, m)| fits(m))
+                } else {
+                    fits(&msg) && (twice[p] | twice[2]) & r.twice == r.twice
+                };
+                let wide = r.all | r.any;
+                let several = wide.count_ones() > 1;
+                let fired = fired
+                    && (!several
+                        || parts.iter().any(|&(ma, oa, a)| {
+                            ma & wide != 0
+                                && (oa == p || oa == 2)
+                                && parts.iter().any(|&(mb, ob, b)| {
+                                    mb & wide != 0
+                                        && mb != ma
+                                        && (ob == p || ob == 2)
+                                        && !self.hits[a].overlaps(&self.hits[b])
+                                })
+                        }));
+                if fired {
+                    slot.0 = slot.0.max(r.level);
+                    slot.1 |= r.cats;
+                    signals.push(r.id);
+                }
+            }
+        }
+        out
     }
 
     /// Step 6: the tier-0 filters. Contact, link and sourcing block, so
@@ -2923,6 +3524,164 @@ mod tests {
         );
         assert_eq!(
             in_room("his suicide is all i think about", "bereavement").level,
+            Level::None
+        );
+    }
+
+    // --- the cue layer (word-level families and the rule table) ----------
+
+    #[test]
+    fn cue_rules_combine_families_and_name_the_rule() {
+        let a = in_room(
+            "tengo la soga en el ropero. esta noche cuando se duerman",
+            "anxiety",
+        );
+        assert_eq!(a.level, Level::Imminent, "{a:?}");
+        assert!(
+            a.signals.iter().any(|s| s.starts_with("family.means+")),
+            "{:?}",
+            a.signals
+        );
+        let a = in_room("ya compré el carbón. el sábado lo hago", "anxiety");
+        assert_eq!(a.level, Level::Imminent, "{a:?}");
+        // One family alone is nothing.
+        assert_eq!(level("compré carbón"), Level::None);
+        assert_eq!(
+            level("the sleeping tablets are in the cupboard"),
+            Level::None
+        );
+    }
+
+    #[test]
+    fn cue_stems_match_inflections() {
+        // `pastill*`, `despidiendo*`: a stem covers the forms.
+        let a = in_room(
+            "me tomo las pastillitas una por una mientras te escribo",
+            "anxiety",
+        );
+        assert_eq!(a.level, Level::Imminent, "{a:?}");
+        assert!(a.categories.contains(&Category::Overdose), "{a:?}");
+        let a = in_room(
+            "mi primo mandó un mensaje despidiéndose y no contesta",
+            "anxiety",
+        );
+        assert_eq!(a.level, Level::Imminent, "{a:?}");
+        assert!(a.categories.contains(&Category::ThirdParty), "{a:?}");
+    }
+
+    #[test]
+    fn cue_layer_keeps_the_suppressors() {
+        // Negation scope.
+        assert_eq!(level("no tengo ninguna soga y no compré nada"), Level::None);
+        // Past talk.
+        assert_eq!(
+            level("two years ago i took all my sleeping pills and got really sleepy"),
+            Level::None
+        );
+        // An ordinary reason.
+        assert_eq!(level("compré carbón para el asado del sábado"), Level::None);
+        assert_eq!(
+            level("bought a rope for the tire swing tomorrow"),
+            Level::None
+        );
+        // Gaming: no cue rule fires (the lexicon ladders judge the rest).
+        let a = in_room("bought a rope in game, tonight i'll do it 🎮", "anxiety");
+        assert!(!a.signals.iter().any(|s| s.starts_with("family.")), "{a:?}");
+        // Grief about someone else in the bereavement room.
+        assert!(
+            in_room(
+                "he took all of his sleeping pills and got sleepy, that's what the coroner said",
+                "bereavement"
+            )
+            .level
+                < Level::High
+        );
+    }
+
+    #[test]
+    fn one_phrase_never_counts_as_two_families() {
+        // "no es culpa de nadie" is a farewell and an aftermath; alone with a
+        // time it is not a plan.
+        assert!(level("no es culpa de nadie, mañana lo arreglamos") < Level::Imminent);
+        let a = in_room(
+            "bueno gente, fue un gusto. no es culpa de nadie. mañana temprano lo hago",
+            "anxiety",
+        );
+        assert_eq!(a.level, Level::Imminent, "{a:?}");
+    }
+
+    #[test]
+    fn cue_persons_follow_their_own_sentence() {
+        // A possessive in an earlier sentence is not the subject.
+        let a = in_room(
+            "took all of dad's sleeping pills. getting really sleepy now",
+            "anxiety",
+        );
+        assert_eq!(a.level, Level::Imminent, "{a:?}");
+        assert!(!a.categories.contains(&Category::ThirdParty), "{a:?}");
+        // Someone else's farewell and silence is theirs.
+        let a = in_room(
+            "my brother sent a goodbye message. not answering since",
+            "anxiety",
+        );
+        assert_eq!(a.level, Level::Imminent, "{a:?}");
+        assert!(a.categories.contains(&Category::ThirdParty), "{a:?}");
+    }
+
+    #[test]
+    fn overdose_and_self_harm_cues() {
+        let a = in_room(
+            "picked up again last week. did it alone in my room, my tolerance is gone",
+            "substance-use",
+        );
+        assert!(a.level >= Level::High, "{a:?}");
+        assert!(a.categories.contains(&Category::Overdose), "{a:?}");
+        assert!(level("pressed the lighter on my thigh on purpose") >= Level::High);
+        assert!(level("me volví a cortar otra vez") >= Level::High);
+        assert!(level("i think about hurting myself again") < Level::High);
+    }
+
+    #[test]
+    fn cue_config_is_validated() {
+        let base = "[lexicon.timeframe]\nphrases = [\"tonight\"]\n[lexicon.negation]\nphrases = [\"no\"]\n";
+        let bad_ref = format!(
+            "{base}[cue.a]\nwords = [\"x\"]\n[[cue_rule]]\nid = \"r\"\nall = [\"a\", \"nope\"]\nlevel = \"high\"\ncategories = [\"suicide\"]\n"
+        );
+        assert!(matches!(
+            Classifier::from_sources([("t.toml", bad_ref.as_str())]),
+            Err(ConfigError::UnknownReference { .. })
+        ));
+        let bad_level = format!(
+            "{base}[cue.a]\nwords = [\"x\"]\n[[cue_rule]]\nid = \"r\"\nall = [\"a\"]\nlevel = \"none\"\ncategories = [\"suicide\"]\n"
+        );
+        assert!(matches!(
+            Classifier::from_sources([("t.toml", bad_level.as_str())]),
+            Err(ConfigError::Invalid { .. })
+        ));
+        let clash = format!(
+            "{base}[cue.a]\nwords = [\"x\"]\nperson = true\n[cue.b]\nalso = [\"timeframe\"]\n"
+        );
+        let clash2 = "[cue.a]\nperson = false\n";
+        assert!(matches!(
+            Classifier::from_sources([("t.toml", clash.as_str()), ("u.toml", clash2)]),
+            Err(ConfigError::Invalid { .. })
+        ));
+        // A working table from config alone: `x` + a lexicon time word.
+        let ok = format!(
+            "{base}[cue.a]\nwords = [\"xyl*\"]\n[cue.t]\nperson = false\nalso = [\"timeframe\"]\n\
+             [[cue_rule]]\nid = \"a+t\"\nall = [\"a\", \"t\"]\nlevel = \"high\"\ncategories = [\"self_harm\"]\n"
+        );
+        let c = match Classifier::from_sources([("t.toml", ok.as_str())]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let a = c.assess("xylophones tonight", "anxiety");
+        assert_eq!(a.level, Level::High, "{a:?}");
+        assert_eq!(a.categories, vec![Category::SelfHarm]);
+        assert!(a.signals.contains(&"family.a+t"), "{:?}", a.signals);
+        assert_eq!(c.assess("xylophones", "anxiety").level, Level::None);
+        assert_eq!(
+            c.assess("no xylophones tonight", "anxiety").level,
             Level::None
         );
     }
