@@ -8,6 +8,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod labelled;
 pub mod redis;
 pub mod webhook;
 
