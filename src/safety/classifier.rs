@@ -62,6 +62,7 @@ use std::path::Path;
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use serde::Deserialize;
 
+use super::model::{hash_name, FeatureSink, HashSink, Model, ModelError, NameSink};
 use super::normalize::{fold_into, FoldOptions, FoldScratch, Folded, MaskIndex, TokKind};
 use super::policy as scan;
 use super::Verdict;
@@ -140,7 +141,8 @@ impl Category {
         Category::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
-    fn bit(self) -> u8 {
+    /// This category's bit in a set of categories (`Category::ALL` order).
+    pub fn bit(self) -> u8 {
         1 << (self as u8)
     }
 }
@@ -279,6 +281,8 @@ pub enum ConfigError {
     NoPhrases,
     #[error("cannot build the phrase matcher: {0}")]
     Build(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }
 
 // ---------------------------------------------------------------------------
@@ -758,6 +762,9 @@ pub struct Classifier {
     /// Per lexicon family (by `Fam as usize`), the cue families its hits
     /// count as (`also`).
     cue_also: Vec<u64>,
+    /// The learned layer (`model.json`), asked when the rules stay below
+    /// `high`; `None` = rules only.
+    model: Option<Model>,
 }
 
 /// The config shipped in the binary, in load order.
@@ -776,15 +783,47 @@ const BUILTIN: &[(&str, &str)] = &[
     ),
 ];
 
+/// The model shipped in the binary (`examples/train_classifier.rs` writes it).
+const BUILTIN_MODEL: (&str, &str) = (
+    "config/safety/model.json",
+    include_str!("../../config/safety/model.json"),
+);
+
+/// The model's file in a safety config directory.
+pub const MODEL_FILE: &str = "model.json";
+
 impl Classifier {
     /// The classifier compiled from the config embedded at build time, so
     /// the binary works without its source tree.
     pub fn builtin() -> Result<Classifier, ConfigError> {
-        Classifier::from_sources(BUILTIN.iter().map(|(n, s)| (*n, *s)))
+        let rules = Classifier::from_sources(BUILTIN.iter().map(|(n, s)| (*n, *s)))?;
+        Ok(rules.with_model(Some(Model::from_json(BUILTIN_MODEL.0, BUILTIN_MODEL.1)?)))
     }
 
-    /// Loads every `*.toml` in `dir` (in name order) and compiles them.
+    /// The same rules with another learned layer (`None`: rules only, as
+    /// the trainer needs them).
+    pub fn with_model(mut self, model: Option<Model>) -> Classifier {
+        self.model = model;
+        self
+    }
+
+    /// Loads every `*.toml` in `dir` (in name order) and compiles them,
+    /// with the learned layer from `model.json` there when it exists.
     pub fn from_dir(dir: &Path) -> Result<Classifier, ConfigError> {
+        let rules = Classifier::rules_from_dir(dir)?;
+        let path = dir.join(MODEL_FILE);
+        if !path.exists() {
+            return Ok(rules);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        let model = Model::from_json(&path.display().to_string(), &text)?;
+        Ok(rules.with_model(Some(model)))
+    }
+
+    fn rules_from_dir(dir: &Path) -> Result<Classifier, ConfigError> {
         let read_err = |source| ConfigError::Read {
             file: dir.display().to_string(),
             source,
@@ -854,6 +893,19 @@ impl Classifier {
                 words.join(" ")
             );
         }
+        if let Some(m) = &self.model {
+            let (rules, names) = self.model_features(text, room);
+            let mut hashes: Vec<u64> = names.iter().map(|n| hash_name(n)).collect();
+            let sc = m.score(&mut hashes);
+            let _ = writeln!(
+                out,
+                "rules: {rules}; model: escalate {:.3}, imminent {:.3}, categories {:.2?}",
+                sc.escalate, sc.imminent, sc.categories
+            );
+            for (name, w) in m.contributions(&names).iter().take(12) {
+                let _ = writeln!(out, "  {w:+.3} {name}");
+            }
+        }
         let _ = writeln!(out, "=> {a:?}");
         out
     }
@@ -869,6 +921,36 @@ impl Classifier {
             // buffers rather than fail.
             Err(_) => self.assess_with(&mut Scratch::default(), text, room),
         })
+    }
+
+    /// What the learned layer sees of a message: the rules' own level and
+    /// the model's feature names. For the trainer and for `explain`; slow.
+    pub fn model_features(&self, text: &str, room: &str) -> (Level, Vec<String>) {
+        let mut s = Scratch::default();
+        let rules = self.rules_level(&mut s, text, room);
+        let mut names = NameSink::default();
+        let cx = Ctx {
+            c: self,
+            f: &s.folded,
+            hits: &mut s.hits,
+            room,
+        };
+        cx.model_features(rules, &mut names);
+        (rules, names.names)
+    }
+
+    /// Steps 1–5 without the model: the level the rules alone give. Leaves
+    /// the folded text and the hits in `s`.
+    fn rules_level(&self, s: &mut Scratch, text: &str, room: &str) -> Level {
+        self.fold(s, text);
+        let mut cx = Ctx {
+            c: self,
+            f: &s.folded,
+            hits: &mut s.hits,
+            room,
+        };
+        cx.prepare_hits();
+        cx.ladders(&mut s.signals).0
     }
 }
 
@@ -1360,6 +1442,7 @@ impl Builder {
             cues,
             cue_rules,
             cue_also,
+            model: None,
         })
     }
 }
@@ -1410,6 +1493,29 @@ struct Scratch {
     folded: Folded,
     hits: Vec<Hit>,
     signals: Vec<&'static str>,
+    features: HashSink,
+}
+
+/// Stems for the model: the first few letters, so inflections ("pastillas",
+/// "pastillero"; "overdosed", "overdosing") share a weight.
+const STEM_CHARS: usize = 5;
+
+fn stem(word: &str) -> &str {
+    match word.char_indices().nth(STEM_CHARS) {
+        Some((i, _)) => &word[..i],
+        None => word,
+    }
+}
+
+/// A number as the model sees it: its size, not its digits.
+fn number_bucket(value: Option<u32>) -> &'static str {
+    match value {
+        Some(0..=9) => "small",
+        Some(10..=99) => "tens",
+        Some(100..=1999) => "hundreds",
+        Some(_) => "large",
+        None => "other",
+    }
 }
 
 /// Word tokens allowed between a negation cue and the phrase it negates.
@@ -1427,7 +1533,8 @@ struct Ctx<'a> {
 }
 
 impl Classifier {
-    fn assess_with(&self, s: &mut Scratch, text: &str, room: &str) -> Assessment {
+    /// Step 1, into fresh scratch state.
+    fn fold(&self, s: &mut Scratch, text: &str) {
         let opts = FoldOptions {
             collapse: true,
             mask: Some(&self.mask),
@@ -1435,22 +1542,32 @@ impl Classifier {
         fold_into(text, opts, &mut s.fold, &mut s.folded);
         s.hits.clear();
         s.signals.clear();
+    }
+
+    fn assess_with(&self, s: &mut Scratch, text: &str, room: &str) -> Assessment {
+        self.fold(s, text);
         let mut cx = Ctx {
             c: self,
             f: &s.folded,
             hits: &mut s.hits,
             room,
         };
-        cx.match_lexicon();
-        cx.suppress_overlaps();
-        cx.apply_combos();
-        // Again, for what the combos produced ("go jump off a bridge" is
-        // urging even though a combo read a method into it).
-        cx.suppress_overlaps();
-        let quantity = cx.quantities();
-        cx.apply_modifiers();
-        cx.resolve_persons();
-        let (level, categories) = cx.ladders(&mut s.signals);
+        let quantity = cx.prepare_hits();
+        let (mut level, mut categories) = cx.ladders(&mut s.signals);
+        if let (Some(model), true) = (&self.model, level < Level::High) {
+            s.features.hashes.clear();
+            cx.model_features(level, &mut s.features);
+            let scores = model.score(&mut s.features.hashes);
+            let rule_bits = categories.iter().fold(0, |b, c| b | c.bit());
+            if let Some(raise) = model.decide(&scores, rule_bits) {
+                level = raise.level;
+                categories = Category::ALL
+                    .into_iter()
+                    .filter(|c| raise.categories & c.bit() != 0)
+                    .collect();
+                s.signals.push("model.escalate");
+            }
+        }
         let help_seeking = cx.alive(Fam::HelpSeeking);
         let policy = cx.policy(text, level, quantity, &mut s.signals);
         let mut signals = Vec::with_capacity(s.signals.len());
@@ -1518,6 +1635,81 @@ impl Ctx<'_> {
             self.cue_flag(h, |c| c.person)
         } else {
             h.fam.has_person()
+        }
+    }
+
+    /// Steps 2–4: the lexicon pass, combos and modifiers, and whose each
+    /// hit is. Returns what the quantity rule found.
+    fn prepare_hits(&mut self) -> Quantity {
+        self.match_lexicon();
+        self.suppress_overlaps();
+        self.apply_combos();
+        // Again, for what the combos produced ("go jump off a bridge" is
+        // urging even though a combo read a method into it).
+        self.suppress_overlaps();
+        let quantity = self.quantities();
+        self.apply_modifiers();
+        self.resolve_persons();
+        quantity
+    }
+
+    /// The learned layer's features (see `model`): the room and the rules'
+    /// level; each word and its stem, and pairs of stems within a
+    /// sentence; emoji; numbers by size; every family and cue family that
+    /// fired, alive (with whose it is) or suppressed by a modifier.
+    /// Suppressed hits are features too: "not" + a dead ideation hit is
+    /// how the model learns that negation, like the rules do.
+    fn model_features(&self, rules: Level, sink: &mut impl FeatureSink) {
+        let _ = rules;
+        sink.add(&["room", self.room]);
+        let f = self.f;
+        let mut prev: Option<&str> = None;
+        for (i, t) in f.toks.iter().enumerate() {
+            match t.kind {
+                TokKind::Word => {
+                    let w = f.tok_text(i);
+                    let st = stem(w);
+                    sink.add(&["s", st]);
+                    if st.len() < w.len() {
+                        sink.add(&["w", w]);
+                    }
+                    if let Some(p) = prev {
+                        sink.add(&["b", p, st]);
+                    }
+                    prev = Some(st);
+                }
+                TokKind::Emoji => {
+                    sink.add(&["e", f.tok_text(i)]);
+                    prev = None;
+                }
+                TokKind::Number => {
+                    sink.add(&["n", number_bucket(t.value)]);
+                    prev = None;
+                }
+                TokKind::Strong => prev = None,
+                TokKind::Weak => {}
+            }
+        }
+        for h in self.hits.iter() {
+            let name = if h.fam == Fam::Cue {
+                self.c
+                    .cues
+                    .get(usize::from(h.cue))
+                    .map(|c| c.name.as_str())
+                    .unwrap_or("cue")
+            } else {
+                h.fam.name()
+            };
+            if h.dead {
+                sink.add(&["x", name]);
+                continue;
+            }
+            sink.add(&["f", name]);
+            match h.person {
+                Person::Me => sink.add(&["fp", name, "me"]),
+                Person::Other => sink.add(&["fp", name, "other"]),
+                Person::Neutral => {}
+            }
         }
     }
 
@@ -2923,7 +3115,20 @@ mod tests {
     use super::*;
     use std::sync::OnceLock;
 
+    /// The rules alone: most tests here pin what one rule does. The model
+    /// is trained on top of them and tested below (`shipped`).
     fn c() -> &'static Classifier {
+        static C: OnceLock<Classifier> = OnceLock::new();
+        C.get_or_init(
+            || match Classifier::from_sources(BUILTIN.iter().map(|(n, s)| (*n, *s))) {
+                Ok(c) => c,
+                Err(e) => panic!("builtin config: {e}"),
+            },
+        )
+    }
+
+    /// What ships: the rules and the trained model.
+    fn shipped() -> &'static Classifier {
         static C: OnceLock<Classifier> = OnceLock::new();
         C.get_or_init(|| match Classifier::builtin() {
             Ok(c) => c,
@@ -3369,9 +3574,148 @@ mod tests {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         };
-        for t in ["i'm going to kill myself tonight", "bit.ly/x1", "hello"] {
-            assert_eq!(from_dir.assess(t, "anxiety"), c().assess(t, "anxiety"));
+        for t in [
+            "i'm going to kill myself tonight",
+            "bit.ly/x1",
+            "hello",
+            "everything is sorted now, the cat goes to my sister",
+        ] {
+            assert_eq!(
+                from_dir.assess(t, "anxiety"),
+                shipped().assess(t, "anxiety")
+            );
         }
+    }
+
+    #[test]
+    fn the_shipped_model_raises_indirect_phrasing_the_rules_leave_low() {
+        // Written for this test, not taken from any labelled set.
+        for (text, cat) in [
+            (
+                "everything is sorted now, the cat goes to my sister and the passwords are in the envelope",
+                Category::Suicide,
+            ),
+            (
+                "he said if i tell anyone he will finish me, he has the knife in the kitchen",
+                Category::Abuse,
+            ),
+        ] {
+            assert!(c().assess(text, "anxiety").level < Level::High, "{text}");
+            let a = shipped().assess(text, "anxiety");
+            assert!(a.level >= Level::High, "{text}: {a:?}");
+            assert!(a.categories.contains(&cat), "{text}: {a:?}");
+            assert!(a.signals.contains(&"model.escalate"), "{a:?}");
+        }
+        for text in [
+            "the exam tomorrow is going to kill me lol",
+            "my grandad died last spring, still miss him every day",
+            "had a rough day but the breathing exercise helped a bit",
+            "i'm not suicidal, just really tired of this job",
+        ] {
+            assert_eq!(
+                shipped().assess(text, "anxiety").level,
+                Level::None,
+                "{text}"
+            );
+        }
+    }
+
+    /// The shipped rules with a hand-written model that knows one word, so
+    /// these tests do not depend on trained weights.
+    fn with_toy_model(word: &str, weight: f32, imminent: f32) -> Classifier {
+        let json = format!(
+            r#"{{"format":1,"about":"test","heads":["escalate","imminent","suicide","self_harm","overdose","abuse","third_party"],
+            "bias":[-5,-5,-5,-5,-5,-5,-5],"escalate_threshold":0.5,"imminent_threshold":0.5,"category_threshold":0.5,
+            "weights":{{"s:{word}":[{weight},{imminent},0,0,10,0,0]}}}}"#
+        );
+        let model = Model::from_json("toy.json", &json).expect("toy model compiles");
+        let rules = Classifier::from_sources(BUILTIN.iter().map(|(n, s)| (*n, *s)))
+            .expect("builtin rules compile");
+        rules.with_model(Some(model))
+    }
+
+    #[test]
+    fn the_model_raises_what_the_rules_miss_and_says_so() {
+        let c = with_toy_model("zorb", 10.0, 0.0);
+        let a = c.assess("so much zorb tonight", "anxiety");
+        assert_eq!(a.level, Level::High);
+        assert_eq!(a.categories, vec![Category::Overdose]);
+        assert!(a.signals.contains(&"model.escalate"), "{:?}", a.signals);
+        // Folding reaches the model too: case, accents, repeated letters.
+        assert_eq!(c.assess("ZÖRRB", "anxiety").level, Level::High);
+        // The imminent head decides between high and imminent (and so hold).
+        let c = with_toy_model("zorb", 10.0, 10.0);
+        let a = c.assess("zorb", "anxiety");
+        assert_eq!(a.level, Level::Imminent);
+        assert_eq!(a.verdict(), Verdict::Hold);
+        // Without the word nothing changes.
+        assert_eq!(c.assess("a quiet evening", "anxiety").level, Level::None);
+    }
+
+    #[test]
+    fn the_model_never_lowers_what_the_rules_found() {
+        // A model that pushes everything down.
+        let c = with_toy_model("tonight", -50.0, -50.0);
+        let a = c.assess("i'm going to kill myself tonight", "anxiety");
+        assert_eq!(a.level, Level::Imminent, "{a:?}");
+        assert!(!a.signals.contains(&"model.escalate"));
+        // Rules-only still works with no model at all.
+        let rules = c.with_model(None);
+        assert_eq!(
+            rules
+                .assess("i'm going to kill myself tonight", "anxiety")
+                .level,
+            Level::Imminent
+        );
+    }
+
+    #[test]
+    fn model_features_name_words_stems_pairs_and_families() {
+        let text = "I have the pills. Tonight.";
+        let (rules, f) = c().model_features(text, "substance-use");
+        let rules_only = with_toy_model("zorb", 10.0, 0.0).with_model(None);
+        assert_eq!(rules, rules_only.assess(text, "substance-use").level);
+        for want in [
+            "room:substance-use",
+            "s:pils",
+            "s:tonig",
+            "w:tonight",
+            "b:the:pils",
+        ] {
+            assert!(f.iter().any(|n| n == want), "{want} missing from {f:?}");
+        }
+        // No pair across a sentence end.
+        assert!(!f.iter().any(|n| n == "b:pils:tonig"), "{f:?}");
+        assert!(f.iter().any(|n| n.starts_with("f:")), "family hits: {f:?}");
+        // What the model sees of a negated phrase: the dead hit is kept.
+        let (_, f) = c().model_features("i'm not suicidal", "anxiety");
+        assert!(f.iter().any(|n| n.starts_with("x:")), "{f:?}");
+    }
+
+    #[test]
+    fn explain_shows_the_model() {
+        let c = with_toy_model("zorb", 10.0, 0.0);
+        let e = c.explain("zorb", "anxiety");
+        assert!(e.contains("model: escalate"), "{e}");
+        assert!(e.contains("+10.000 s:zorb"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_model_file_in_a_config_dir_is_refused() {
+        let dir = std::env::temp_dir().join(format!("hearth-model-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/safety");
+        for f in ["common.toml", "en.toml", "es.toml"] {
+            std::fs::copy(src.join(f), dir.join(f)).expect("copy rules");
+        }
+        std::fs::write(dir.join(MODEL_FILE), "{\"format\": 9}").expect("write");
+        let e = Classifier::from_dir(&dir).expect_err("bad model");
+        assert!(e.to_string().contains("model.json"), "{e}");
+        std::fs::remove_file(dir.join(MODEL_FILE)).expect("rm");
+        // Without a model file the rules still load.
+        assert!(Classifier::from_dir(&dir).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

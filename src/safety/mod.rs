@@ -10,6 +10,7 @@
 pub mod classifier;
 pub mod context;
 pub mod limits;
+pub mod model;
 mod normalize;
 mod policy;
 pub mod support;
