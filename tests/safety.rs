@@ -97,6 +97,10 @@ async fn a_crisis_message_brings_support_and_a_flag_and_is_delivered() {
         "{f}"
     );
     assert_eq!(f["held"], false);
+    assert!(
+        f.get("text").is_none(),
+        "a delivered message's words come as its `message`: {f}"
+    );
 }
 
 #[tokio::test]
@@ -143,6 +147,14 @@ async fn an_imminent_message_is_held_for_staff_then_released() {
         (flags[0]["level"].as_str(), flags[0]["held"].as_bool()),
         (Some("imminent"), Some(true))
     );
+    // Nobody else has the words of a held message: its reviewers get them.
+    assert!(
+        flags[0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("pills")),
+        "{got_s:?}"
+    );
+    assert!(flags[0]["ts"].as_u64().is_some(), "{got_s:?}");
 
     // A human has answered; the message goes to the room.
     let r = s

@@ -58,20 +58,27 @@ impl HubHandle {
             Metrics::inc(&h.metrics.support_sent);
         }
         if crisis || matches!(a.policy, Some(Policy::Method | Policy::Urging)) {
-            let frame: Utf8Bytes = json!({
+            let held = verdict == Verdict::Hold;
+            let mut flag = json!({
                 "type": "flag",
                 "room": room_id,
                 "message": id,
                 "level": a.level.as_str(),
                 "categories": a.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
                 "policy": a.policy.map(|p| p.as_str()),
-                "held": verdict == Verdict::Hold,
+                "held": held,
                 "blocked": matches!(verdict, Verdict::Block(_)),
                 "from": {"id": conn.member.id, "name": conn.member.name},
                 "signals": a.signals,
-            })
-            .to_string()
-            .into();
+            });
+            // A held message is published to nobody until staff decide,
+            // so its reviewers need its words; a delivered one reaches
+            // them as a `message`, a blocked one is never kept.
+            if held {
+                flag["text"] = json!(text);
+                flag["ts"] = json!(super::now_ms());
+            }
+            let frame: Utf8Bytes = flag.to_string().into();
             self.room_event(room.idx, "", &frame, EventKind::Staff)
                 .await;
             Metrics::inc(&h.metrics.flags);
