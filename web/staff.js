@@ -308,8 +308,11 @@ function openCarePanel(room, escalation) {
 }
 
 function onInvited(f) {
-  // A clinician let into a care room (by themselves or a colleague).
-  if (!state.panels.has(f.room)) openCarePanel(f.room, null);
+  // A clinician let into a care room, by a colleague (or by their own
+  // `care`, whose `ok` opens the panel).
+  if (state.panels.has(f.room) || [...state.pending.values()].some((p) => p.kind === 'care')) return;
+  const esc = [...state.escalations.values()].find((e) => e.esc.care_room?.room === f.room);
+  openCarePanel(f.room, esc?.esc.id);
 }
 
 /** One room on screen: a watched room, or a care room this clinician joined. */
@@ -329,6 +332,11 @@ class Panel {
     this.memberList = el('ul', { class: 'members' });
     this.memberSummary = el('summary', { text: 'People' });
     const head = el('div', { class: 'panel-head' }, this.heading, this.status);
+    if (kind === 'care') {
+      const close = el('button', { type: 'button', class: 'quiet tiny', text: 'Leave', 'aria-label': `Leave ${title}` });
+      close.addEventListener('click', () => unwatchRoom(room));
+      head.append(close);
+    }
     const people = el('details', { class: 'people' }, this.memberSummary, this.memberList);
     this.section = el('section', { class: `panel ${kind}`, 'aria-labelledby': hid, 'data-room': room }, head);
     if (kind === 'watch') this.section.append(this.tools());

@@ -9,6 +9,7 @@ import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 
+import { Hub } from './lib/hub.js';
 import { startHubAndBrowser, screenshotsDir, openPeer, openConsole, online, myName, joinRoom, say, axe, serious, LAPTOP, focused, tabTo } from './lib/browser.js';
 
 const SHOTS = screenshotsDir();
@@ -251,6 +252,57 @@ test('mute and kick from the console, with a confirmation for the kick; the pers
   await panel.locator('.members li', { hasText: name }).waitFor({ state: 'detached' });
 });
 
+test('a clinician opens a care room from the escalation and talks with the person there', async () => {
+  const clin = await staffConsole('clinician', 'Dr Hale');
+  const p = await peer('Anxiety');
+  const name = await myName(p);
+  await write(p, CRISIS);
+  const esc = escalationOf(clin, name);
+  await esc.getByRole('button', { name: `Open care room with ${name}` }).click();
+  const panel = clin.locator('section.panel.care');
+  await panel.locator('h3', { hasText: `Care room with ${name}` }).waitFor();
+  assert.equal(await clin.evaluate(() => document.activeElement.tagName), 'H3', 'focus moves to the care room');
+  await esc.getByRole('button', { name: `Show care room with ${name}` }).waitFor();
+
+  await p.getByRole('button', { name: 'Join the private room' }).click();
+  await p.getByRole('button', { name: /I've read these/ }).click();
+  await p.locator('#chat-title', { hasText: 'Private room' }).waitFor();
+  await panel.getByLabel(`Message to Care room with ${name}`).fill("I'm here with you. Are you safe right now?");
+  await panel.getByLabel(`Message to Care room with ${name}`).press('Enter');
+  await p.locator('#messages li.msg.staff', { hasText: 'Are you safe' }).waitFor();
+  await say(p, 'not really, but talking helps');
+  await panel.locator('li.msg', { hasText: 'talking helps' }).waitFor();
+  await clin.mouse.move(0, 0);
+  await clin.screenshot({ path: path.join(SHOTS, 'staff-care.png'), animations: 'disabled' });
+});
+
+test('after the hub restarts the console signs in again by itself, watches the same rooms and keeps the queue', async () => {
+  const own = await Hub.start();
+  try {
+    const local = { url: own.url, token: (role, name) => own.token(role, name) };
+    const clin = await openConsole(browser, local, 'clinician', 'Dr Reed');
+    pages.push(clin);
+    const panel = await watch(clin, 'Anxiety', 'anxiety');
+    const p = await openPeer(browser, local);
+    pages.push(p);
+    await joinRoom(p, 'Anxiety');
+    const name = await myName(p);
+    await write(p, CRISIS);
+    await escalationOf(clin, name).waitFor();
+
+    await own.restart();
+    await online(clin, 20000);
+    await online(p, 20000);
+    await p.waitForFunction(() => !document.querySelector('#send').disabled, null, { timeout: 10000 });
+    assert.equal(await escalationOf(clin, name).count(), 1, 'the durable escalation is still in the queue, once');
+    await say(p, 'back after the restart');
+    await panel.locator('li.msg', { hasText: 'back after the restart' }).waitFor();
+    assert.ok(await clin.locator('#view-console').isVisible(), 'still signed in');
+  } finally {
+    await own.close();
+  }
+});
+
 test('keyboard only: sign in, reach the escalation, acknowledge and resolve it', async () => {
   const page = await browser.newContext(LAPTOP).then((c) => c.newPage());
   page.problems = [];
@@ -329,6 +381,11 @@ test('the console passes axe-core with an escalation showing (and makes the scre
   assert.deepEqual(serious(await axe(clin)), [], 'no serious or critical axe violations in the console');
   await clin.mouse.move(0, 0);
   await clin.screenshot({ path: path.join(SHOTS, 'staff-console.png'), animations: 'disabled' });
+  await clin.emulateMedia({ colorScheme: 'dark' });
+  assert.deepEqual(serious(await axe(clin)), [], 'no serious or critical axe violations in the dark theme');
+  assert.notEqual(await clin.evaluate(() => getComputedStyle(document.querySelector('#alert')).animationName), 'none');
+  await clin.emulateMedia({ colorScheme: 'dark', reducedMotion: 'reduce' });
+  assert.equal(await clin.evaluate(() => getComputedStyle(document.querySelector('#alert')).animationName), 'none', 'no pulse for reduced motion');
 
   // The sign-in page too.
   const fresh = await browser.newContext(LAPTOP).then((x) => x.newPage());
