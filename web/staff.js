@@ -246,6 +246,10 @@ function onError(f, p) {
     signOut(sentence);
     return;
   }
+  if ((p?.kind === 'release' || p?.kind === 'delete') && f.code === 'bad_request') {
+    // Released or deleted by someone else meanwhile.
+    state.panels.get(p.room)?.removeMessage(p.message);
+  }
   if (p?.kind === 'watch' || p?.kind === 'join') {
     state.panels.get(p.room)?.section.remove();
     state.panels.delete(p.room);
@@ -406,8 +410,9 @@ class Panel {
   load(f) {
     this.members = new Map((f.members || []).map((m) => [m.id, m]));
     this.setSettings({ locked: !!f.locked, slow: f.slow_mode || 0 });
-    // Held messages are not in history: keep them across a re-watch.
-    for (const li of [...this.list.children]) if (!li.classList.contains('held')) li.remove();
+    // Held messages are not in history: the flags of those still held
+    // follow this reply.
+    this.list.replaceChildren();
     this.ids.clear();
     for (const m of f.history || []) this.addMessage(m, false);
     this.renderMembers();
@@ -519,7 +524,7 @@ function messageItem(room, kind, m, flag, held) {
   const actions = el('div', { class: 'msg-actions' });
   if (held) {
     const release = el('button', { type: 'button', class: 'primary tiny', text: 'Release', 'aria-label': `Release held message from ${who}` });
-    release.addEventListener('click', () => send({ type: 'release', room, message: m.id }, { kind: 'release', room, done: `Released ${who}'s message to the room.` }));
+    release.addEventListener('click', () => send({ type: 'release', room, message: m.id }, { kind: 'release', room, message: m.id, done: `Released ${who}'s message to the room.` }));
     actions.append(release);
   }
   const del = el('button', { type: 'button', class: 'quiet tiny', text: 'Delete…', 'aria-label': `Delete ${held ? 'held ' : ''}message from ${who}` });
