@@ -53,17 +53,27 @@ async function staffApi(method, route, body) {
   return res.json();
 }
 
-async function peer(room) {
-  const page = await openPeer(browser, hub);
+async function peer(room, on = hub) {
+  const page = await openPeer(browser, on);
   pages.push(page);
   if (room) await joinRoom(page, room);
   return page;
 }
 
-async function staffConsole(role, name) {
-  const page = await openConsole(browser, hub, role, name);
+async function staffConsole(role, name, on = hub) {
+  const page = await openConsole(browser, on, role, name);
   pages.push(page);
   return page;
+}
+
+/** Runs `fn(own)` against a hub of its own, closed afterwards. */
+async function withOwnHub(fn) {
+  const own = await Hub.start();
+  try {
+    await fn(own);
+  } finally {
+    await own.close();
+  }
 }
 
 /** Ticks the room in the console's Watch picker and waits for its panel. */
@@ -260,6 +270,64 @@ test('mute and kick from the console, with a confirmation for the kick; the pers
   await panel.locator('.members li', { hasText: name }).waitFor({ state: 'detached' });
 });
 
+// On a hub of its own: a ban puts the banned peer's address on probation,
+// and every page in these tests connects from 127.0.0.1.
+test('a ban from the console, confirmed, with a reason for the audit log; the person is removed', async () => {
+  await withOwnHub(async (own) => {
+    const mod = await staffConsole('moderator', 'Lee', own);
+    const panel = await watch(mod, 'Bereavement', 'bereavement');
+    const p = await peer('Bereavement', own);
+    const name = await myName(p);
+    await panel.locator('.people summary').click();
+    await panel.getByRole('button', { name: `Act on ${name}` }).click();
+    const dialog = mod.getByRole('dialog', { name: `${name} in Bereavement` });
+    await dialog.getByLabel('Ban for').selectOption({ label: '1 hour' });
+    await dialog.getByLabel(/Ban reason/).fill('repeated harassment after warnings');
+    await dialog.getByRole('button', { name: 'Ban from all rooms…' }).click();
+    const confirm = mod.getByRole('dialog', { name: `Ban ${name} for 1 hour?` });
+    await confirm.getByRole('button', { name: 'Ban' }).click();
+    await p.locator('#notice', { hasText: /removed you from the rooms/ }).waitFor();
+    await panel.locator('.members li', { hasText: name }).waitFor({ state: 'detached' });
+    const res = await fetch(own.url + '/api/staff/audit?limit=5', { headers: { authorization: `Bearer ${own.token('moderator', 'Audit')}` } });
+    const audit = await res.json();
+    assert.ok(
+      audit.entries.some((e) => e.action === 'ban' && e.reason === 'repeated harassment after warnings' && e.actor.name === 'Lee'),
+      JSON.stringify(audit),
+    );
+  });
+});
+
+test('room settings from the console: slow mode, lock and an announcement, as the peers see them', async () => {
+  const mod = await staffConsole('moderator', 'Ari');
+  const panel = await watch(mod, 'Substance use & recovery', 'substance-use');
+  const p = await peer('Substance use');
+  await panel.locator('summary', { hasText: 'Room settings' }).click();
+  await panel.getByLabel('Slow mode').selectOption({ label: '30 s' });
+  await panel.getByRole('button', { name: 'Set slow mode' }).click();
+  await panel.locator('.status', { hasText: 'slow mode 30 s' }).waitFor();
+  await say(p, 'one day at a time');
+  await write(p, 'and another thing');
+  await p.locator('#composer-hint', { hasText: /Slow mode: you can send again in \d+ s/ }).waitFor();
+
+  await panel.getByRole('button', { name: 'Lock room…' }).click();
+  await mod.getByRole('dialog', { name: 'Lock Substance use & recovery?' }).getByRole('button', { name: 'Lock room' }).click();
+  await panel.locator('.status', { hasText: 'locked' }).waitFor();
+  const q = await peer();
+  await q.locator('.room[data-room="substance-use"]', { hasText: 'not taking new members' }).waitFor({ timeout: 20000 });
+  await panel.getByRole('button', { name: 'Unlock room' }).click();
+  await panel.locator('.status', { hasText: 'locked' }).waitFor({ state: 'detached' });
+
+  await panel.getByLabel('Announce to Substance use & recovery').fill('A gentle reminder: be kind to yourselves tonight.');
+  await panel.getByRole('button', { name: 'Announce' }).click();
+  const ann = p.locator('#messages li.msg.staff', { hasText: 'be kind to yourselves' });
+  await ann.waitFor();
+  assert.equal(await ann.locator('.role').textContent(), 'Moderator');
+  assert.equal(await panel.getByLabel('Announce to Substance use & recovery').inputValue(), '', 'the box is cleared');
+  await panel.getByLabel('Slow mode').selectOption({ label: 'Off' });
+  await panel.getByRole('button', { name: 'Set slow mode' }).click();
+  await panel.locator('.status', { hasText: 'slow mode' }).waitFor({ state: 'detached' });
+});
+
 test('a clinician opens a care room from the escalation and talks with the person there', async () => {
   const clin = await staffConsole('clinician', 'Dr Hale');
   const p = await peer('Anxiety');
@@ -285,15 +353,10 @@ test('a clinician opens a care room from the escalation and talks with the perso
 });
 
 test('after the hub restarts the console signs in again by itself, watches the same rooms and keeps the queue', async () => {
-  const own = await Hub.start();
-  try {
-    const local = { url: own.url, token: (role, name) => own.token(role, name) };
-    const clin = await openConsole(browser, local, 'clinician', 'Dr Reed');
-    pages.push(clin);
+  await withOwnHub(async (own) => {
+    const clin = await staffConsole('clinician', 'Dr Reed', own);
     const panel = await watch(clin, 'Anxiety', 'anxiety');
-    const p = await openPeer(browser, local);
-    pages.push(p);
-    await joinRoom(p, 'Anxiety');
+    const p = await peer('Anxiety', own);
     const name = await myName(p);
     await write(p, CRISIS);
     await escalationOf(clin, name).waitFor();
@@ -306,9 +369,7 @@ test('after the hub restarts the console signs in again by itself, watches the s
     await say(p, 'back after the restart');
     await panel.locator('li.msg', { hasText: 'back after the restart' }).waitFor();
     assert.ok(await clin.locator('#view-console').isVisible(), 'still signed in');
-  } finally {
-    await own.close();
-  }
+  });
 });
 
 test('keyboard only: sign in, reach the escalation, acknowledge and resolve it', async () => {
