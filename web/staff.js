@@ -33,6 +33,29 @@ const state = {
 
 // ------------------------------------------------------------- utilities
 
+// Deadlines are the server's times; a laptop whose clock is off would show
+// wrong countdowns. The server's `Date` header (whole seconds) gives the
+// offset; it is used only when it is clearly more than rounding.
+let clockSkew = 0;
+async function measureSkew() {
+  try {
+    const t0 = Date.now();
+    const res = await fetch('/healthz', { cache: 'no-store' });
+    const t1 = Date.now();
+    const server = Date.parse(res.headers.get('date') || '');
+    if (Number.isNaN(server)) return;
+    const skew = server + 500 - (t0 + t1) / 2;
+    clockSkew = Math.abs(skew) > 1500 ? skew : 0;
+  } catch {
+    // Offline: keep the last offset.
+  }
+}
+
+/** The server's time now, as well as the browser can tell. */
+function serverNow() {
+  return Date.now() + clockSkew;
+}
+
 function clock(ms) {
   const s = Math.max(0, Math.round(ms / 1000));
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
@@ -133,6 +156,7 @@ function signIn(ev) {
     state.audio = null;
   }
   setConn('connecting');
+  measureSkew();
   connect();
 }
 
@@ -205,6 +229,7 @@ function onWelcome(f) {
     $('console-title').focus();
     announce(`Signed in as ${f.you.name}, ${roleLabel(f.you.role)}.`);
   }
+  if (again) measureSkew();
   // After a reconnect: watch and join again what was on screen.
   for (const p of state.panels.values()) p.subscribe();
   renderQueues();
@@ -750,7 +775,7 @@ class EscalationItem {
     this.contextBox.hidden = this.context.childElementCount === 0;
     this.ack.hidden = esc.state !== 'open';
     if (esc.care_room?.room && !esc.care_room.closed_ts) this.care.textContent = 'Show care room';
-    this.tick(Date.now());
+    this.tick(serverNow());
     if (this.pendingFocus && esc.state !== 'open') {
       this.pendingFocus = false;
       this.resolve.focus();
@@ -795,7 +820,7 @@ function renderQueues() {
 }
 
 setInterval(() => {
-  const now = Date.now();
+  const now = serverNow();
   for (const item of state.escalations.values()) item.tick(now);
   if (state.alertFor) updateAlertText(now);
 }, 1000);
@@ -805,7 +830,7 @@ setInterval(() => {
 function raiseAlert(esc, where) {
   state.alertFor = esc.id;
   state.alertWhere = where;
-  updateAlertText(Date.now());
+  updateAlertText(serverNow());
   $('alert').hidden = false;
   if ($('sound').checked) chime();
 }

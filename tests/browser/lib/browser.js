@@ -78,9 +78,13 @@ export async function openPeer(browser, hub, { locale = 'en-GB', ...opts } = {})
   return page;
 }
 
-/** The staff console at /staff, signed in with a fresh token for `role`. */
-export async function openConsole(browser, hub, role, name) {
+/**
+ * The staff console at /staff, signed in with a fresh token for `role`;
+ * `clockAheadMs` sets the browser's clock wrong by that much.
+ */
+export async function openConsole(browser, hub, role, name, { clockAheadMs = 0 } = {}) {
   const page = await newPage(browser, { ...LAPTOP, locale: 'en-GB' });
+  if (clockAheadMs) await page.clock.setSystemTime(Date.now() + clockAheadMs);
   await page.goto(hub.url + '/staff');
   await page.getByLabel('Staff token').fill(hub.token(role, name));
   await page.getByRole('button', { name: 'Sign in' }).click();
