@@ -11,6 +11,9 @@ const LEVELS = { imminent: 3, high: 2, concern: 1, none: 0 };
 const LEVEL_LABEL = { imminent: 'Imminent', high: 'High', concern: 'Concern', none: 'None' };
 const STATE_ORDER = { open: 0, acknowledged: 1 };
 const SLOW_CHOICES = [0, 10, 30, 60, 300];
+// A console stays open for a whole shift: what it keeps is bounded.
+const MAX_MESSAGES_PER_ROOM = 500;
+const MAX_FLAGS = 2000;
 
 const state = {
   token: null, // the staff token: memory only
@@ -506,6 +509,10 @@ class Panel {
     const list = this.list;
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
     list.append(li);
+    if (list.childElementCount > MAX_MESSAGES_PER_ROOM) {
+      const oldest = list.querySelector('li.msg:not(.held)');
+      if (oldest) keepingFocus(() => oldest.remove());
+    }
     if (atBottom) list.scrollTop = list.scrollHeight;
   }
 
@@ -567,6 +574,7 @@ function messageItem(room, kind, m, flag, held) {
 
 function onFlag(f) {
   state.flags.set(f.message, f);
+  if (state.flags.size > MAX_FLAGS) state.flags.delete(state.flags.keys().next().value);
   const p = state.panels.get(f.room);
   if (!p) return;
   if (f.held) {
