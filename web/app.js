@@ -3,7 +3,7 @@
 // text from the server or another person goes into the page with
 // textContent, never as HTML.
 
-import { $, el, announce, timeOf, roleLabel, reconnectDelay, openSocket, sendFrame, showNotice, hideNotice } from './common.js';
+import { $, el, announce, timeOf, roleLabel, connectLink, retryLater, sendFrame, showNotice, hideNotice } from './common.js';
 
 const STORE = {
   session: 'hearth.session', // resume token: this tab only, never an address
@@ -89,29 +89,20 @@ function send(frame, pending) {
 }
 
 function connect() {
-  clearTimeout(state.reconnectTimer);
-  state.reconnectTimer = null;
-  const ws = openSocket({
-    onOpen: () => {
+  const made = connectLink(state, {
+    hello: () => {
       const hello = { type: 'hello', locale: navigator.language || 'en' };
       const token = store.get(STORE.session, null);
       if (token) hello.resume = token;
-      send(hello, { kind: 'hello' });
+      return hello;
     },
     onFrame: handle,
     onClose,
   });
-  if (!ws) {
-    scheduleReconnect();
-    return;
-  }
-  state.ws = ws;
+  if (!made) scheduleReconnect();
 }
 
-function onClose(ws, ev) {
-  if (state.ws !== ws) return;
-  state.ws = null;
-  state.pending.clear();
+function onClose(ev) {
   state.sending = false;
   for (const r of state.joined.values()) r.live = false;
   updateComposer();
@@ -128,10 +119,7 @@ function onClose(ws, ev) {
 
 function scheduleReconnect(restarting = false) {
   setConn(state.everConnected ? 'reconnecting' : 'connecting');
-  const wait = reconnectDelay(state.attempt, restarting);
-  state.attempt++;
-  clearTimeout(state.reconnectTimer);
-  state.reconnectTimer = setTimeout(connect, wait);
+  retryLater(state, connect, restarting);
 }
 
 window.addEventListener('online', () => {

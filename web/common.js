@@ -41,7 +41,7 @@ const BACKOFF_MAX_MS = 15000;
  * server is not hit by every page at once; the first after a restart (1012)
  * is short.
  */
-export function reconnectDelay(attempt, restarting = false) {
+function reconnectDelay(attempt, restarting = false) {
   const step = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt);
   return (restarting && attempt === 0 ? 250 : step / 2) + Math.random() * (step / 2);
 }
@@ -53,18 +53,24 @@ function socketUrl() {
 }
 
 /**
- * Opens this origin's `/ws`: `onOpen()` once open, `onFrame(f)` for each
- * JSON object with a string `type` (anything else is ignored), and
- * `onClose(ws, ev)`. Returns the socket, or null if it could not be made.
+ * (Re)connects `link` (an object with `ws`, `pending`, `nextRef`,
+ * `attempt` and `reconnectTimer`) to this origin's `/ws`: sends `hello()`
+ * once open, hands each JSON object with a string `type` to `onFrame`
+ * (anything else is ignored), and when the current socket closes, forgets
+ * it and what was pending and calls `onClose(ev)`. Returns false when no
+ * socket could be made.
  */
-export function openSocket({ onOpen, onFrame, onClose }) {
+export function connectLink(link, { hello, onFrame, onClose }) {
+  clearTimeout(link.reconnectTimer);
+  link.reconnectTimer = null;
   let ws;
   try {
     ws = new WebSocket(socketUrl());
   } catch {
-    return null;
+    return false;
   }
-  ws.addEventListener('open', onOpen);
+  link.ws = ws;
+  ws.addEventListener('open', () => sendFrame(link, hello(), { kind: 'hello' }));
   ws.addEventListener('message', (ev) => {
     let f;
     try {
@@ -74,8 +80,21 @@ export function openSocket({ onOpen, onFrame, onClose }) {
     }
     if (f && typeof f.type === 'string') onFrame(f);
   });
-  ws.addEventListener('close', (ev) => onClose(ws, ev));
-  return ws;
+  ws.addEventListener('close', (ev) => {
+    if (link.ws !== ws) return;
+    link.ws = null;
+    link.pending.clear();
+    onClose(ev);
+  });
+  return true;
+}
+
+/** Calls `connect` again after the backoff for `link.attempt`, which counts up. */
+export function retryLater(link, connect, restarting = false) {
+  const wait = reconnectDelay(link.attempt, restarting);
+  link.attempt++;
+  clearTimeout(link.reconnectTimer);
+  link.reconnectTimer = setTimeout(connect, wait);
 }
 
 /**

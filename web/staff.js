@@ -5,7 +5,7 @@
 // module's memory only (never in any storage), and nothing here ever sees
 // an address.
 
-import { $, el, announce, timeOf, roleLabel, reconnectDelay, openSocket, sendFrame, showNotice, hideNotice } from './common.js';
+import { $, el, announce, timeOf, roleLabel, connectLink, retryLater, sendFrame, showNotice, hideNotice } from './common.js';
 
 const LEVELS = { imminent: 3, high: 2, concern: 1, none: 0 };
 const LEVEL_LABEL = { imminent: 'Imminent', high: 'High', concern: 'Concern', none: 'None' };
@@ -97,24 +97,15 @@ function setConn(s) {
 }
 
 function connect() {
-  clearTimeout(state.reconnectTimer);
-  state.reconnectTimer = null;
-  const ws = openSocket({
-    onOpen: () => send({ type: 'hello', auth: state.token, locale: navigator.language || 'en' }, { kind: 'hello' }),
+  const made = connectLink(state, {
+    hello: () => ({ type: 'hello', auth: state.token, locale: navigator.language || 'en' }),
     onFrame: handle,
     onClose,
   });
-  if (!ws) {
-    scheduleReconnect();
-    return;
-  }
-  state.ws = ws;
+  if (!made) scheduleReconnect();
 }
 
-function onClose(ws, ev) {
-  if (state.ws !== ws) return;
-  state.ws = null;
-  state.pending.clear();
+function onClose(ev) {
   if (!state.token) return; // signed out
   if (ev.code === 4003) {
     signOut(ev.reason === 'staff token expired'
@@ -131,10 +122,7 @@ function onClose(ws, ev) {
 
 function scheduleReconnect(restarting = false) {
   setConn(state.me ? 'reconnecting' : 'connecting');
-  const wait = reconnectDelay(state.attempt, restarting);
-  state.attempt++;
-  clearTimeout(state.reconnectTimer);
-  state.reconnectTimer = setTimeout(connect, wait);
+  retryLater(state, connect, restarting);
 }
 
 // ---------------------------------------------------------------- sign-in
