@@ -248,6 +248,7 @@ test('mute and kick from the console, with a confirmation for the kick; the pers
   await panel.getByRole('button', { name: `Act on ${name}` }).click();
   const dialog = mod.getByRole('dialog', { name: `${name} in Bereavement` });
   await dialog.waitFor();
+  assert.deepEqual(serious(await axe(mod)), [], 'no serious or critical axe violations in the person dialog');
   await dialog.getByLabel('Mute for').selectOption({ label: '10 minutes' });
   await dialog.getByRole('button', { name: 'Mute', exact: true }).click();
   await mod.locator('#notice', { hasText: `${name} is muted in Bereavement for 10 minutes.` }).waitFor();
@@ -396,6 +397,7 @@ test('keyboard only: sign in, reach the escalation, acknowledge and resolve it',
   await page.keyboard.press('Enter');
   await page.getByRole('dialog', { name: 'Resolve escalation' }).waitFor();
   assert.equal((await focused(page)).id, 'resolve-note');
+  assert.deepEqual(serious(await axe(page)), [], 'no serious or critical axe violations with the dialog open');
   await page.keyboard.type('Spoke with them in a care room.');
   await page.keyboard.press('Tab');
   assert.equal((await focused(page)).id, 'resolve-ok');
