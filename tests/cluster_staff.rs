@@ -996,6 +996,18 @@ async fn a_message_held_on_one_node_is_released_by_staff_on_another() {
             .all(|v| v["type"] != "message"),
         "held messages are not delivered"
     );
+    // Staff who start watching on the other node get the held message's
+    // flag, with its words, from Redis.
+    let mut late = staff_ws(&hub_a, &token("moderator", "Late Lou")).await;
+    staff_ok(&mut late, json!({"type": "watch", "room": ROOM})).await;
+    let waiting = recv_where(&mut late, "Lou on A", |v| v["type"] == "flag").await;
+    assert_eq!(waiting["message"], id.as_str(), "{waiting}");
+    assert!(
+        waiting["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("pills")),
+        "{waiting}"
+    );
     // Released from node B: published once, to both nodes.
     let r = s
         .request(json!({"type": "release", "room": ROOM, "message": id}))

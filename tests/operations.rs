@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
-async fn health_and_readiness_are_200() {
+async fn health_readiness_and_pages_are_200() {
     let hub = TestHub::start().await;
     let (status, _) = hub.http_get("/healthz").await;
     assert_eq!(status, 200);
@@ -16,6 +16,13 @@ async fn health_and_readiness_are_200() {
     assert_eq!(status, 200);
     let (status, _) = hub.http_get("/").await;
     assert_eq!(status, 200);
+    // The staff console: public page, the token is asked for in it.
+    let (status, body) = hub.http_get("/staff").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("Staff sign-in"), "{body}");
+    for asset in ["/static/staff.js", "/static/common.js", "/static/theme.css"] {
+        assert_eq!(hub.http_get(asset).await.0, 200, "{asset}");
+    }
 }
 
 #[tokio::test]

@@ -97,6 +97,10 @@ async fn a_crisis_message_brings_support_and_a_flag_and_is_delivered() {
         "{f}"
     );
     assert_eq!(f["held"], false);
+    assert!(
+        f.get("text").is_none(),
+        "a delivered message's words come as its `message`: {f}"
+    );
 }
 
 #[tokio::test]
@@ -143,6 +147,14 @@ async fn an_imminent_message_is_held_for_staff_then_released() {
         (flags[0]["level"].as_str(), flags[0]["held"].as_bool()),
         (Some("imminent"), Some(true))
     );
+    // Nobody else has the words of a held message: its reviewers get them.
+    assert!(
+        flags[0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("pills")),
+        "{got_s:?}"
+    );
+    assert!(flags[0]["ts"].as_u64().is_some(), "{got_s:?}");
 
     // A human has answered; the message goes to the room.
     let r = s
@@ -155,6 +167,58 @@ async fn an_imminent_message_is_held_for_staff_then_released() {
         m["text"].as_str().is_some_and(|t| t.contains("pills")),
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn staff_who_start_watching_get_the_messages_still_held() {
+    let hub = hub().await;
+    let mut a = peer_with_locale(&hub, "en-GB").await;
+    let mut b = peer_with_locale(&hub, "en-GB").await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let ok = a
+            .send_text(
+                ROOM,
+                "i have all the pills ready and im taking them tonight when everyone is asleep. goodbye",
+            )
+            .await;
+        assert_eq!(ok["held"], true, "{ok}");
+        ids.push(ok["id"].as_str().expect("id").to_string());
+    }
+
+    // Nobody was watching; a moderator who starts now gets both flags,
+    // with the words, after the watch reply.
+    let mut s = watcher(&hub).await;
+    let got = drain(&mut s).await;
+    let flags = of_type(&got, "flag");
+    let flagged: Vec<&str> = flags.iter().filter_map(|f| f["message"].as_str()).collect();
+    assert_eq!(flagged, ids, "oldest first: {got:?}");
+    for f in &flags {
+        assert_eq!(
+            (f["held"].as_bool(), f["room"].as_str()),
+            (Some(true), Some(ROOM)),
+            "{f}"
+        );
+        assert!(
+            f["text"].as_str().is_some_and(|t| t.contains("pill")),
+            "{f}"
+        );
+        assert!(f["level"].as_str().is_some_and(|l| l != "none"), "{f}");
+    }
+
+    // Released, it is no longer waiting: a new watcher gets only the other.
+    let r = s
+        .request(json!({"type": "release", "room": ROOM, "message": ids[0]}))
+        .await;
+    assert_eq!(r["type"], "ok", "{r}");
+    assert_eq!(b.recv_type("message").await["id"], ids[0].as_str());
+    let mut s2 = watcher(&hub).await;
+    let got = drain(&mut s2).await;
+    let flagged: Vec<&Value> = of_type(&got, "flag")
+        .into_iter()
+        .map(|f| &f["message"])
+        .collect();
+    assert_eq!(flagged, vec![&json!(ids[1])], "{got:?}");
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 // text from the server or another person goes into the page with
 // textContent, never as HTML.
 
-const $ = (id) => document.getElementById(id);
+import { $, el, announce, timeOf, roleLabel, connectLink, retryLater, sendFrame, showNotice, hideNotice } from './common.js';
 
 const STORE = {
   session: 'hearth.session', // resume token: this tab only, never an address
@@ -33,8 +33,6 @@ const store = {
 const TYPING_SEND_EVERY_MS = 3000;
 const TYPING_SHOW_MS = 5000;
 const ROOMS_REFRESH_MS = 15000;
-const BACKOFF_MIN_MS = 500;
-const BACKOFF_MAX_MS = 15000;
 
 const state = {
   ws: null,
@@ -63,33 +61,6 @@ const state = {
 
 // ---------------------------------------------------------------- helpers
 
-function el(tag, props = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === 'class') e.className = v;
-    else if (k === 'text') e.textContent = v;
-    else if (k.startsWith('aria-') || k.startsWith('data-')) e.setAttribute(k, v);
-    else e[k] = v;
-  }
-  for (const c of children) if (c != null) e.append(c);
-  return e;
-}
-
-function announce(text) {
-  const a = $('announcer');
-  const p = el('p', { text });
-  a.append(p);
-  while (a.childElementCount > 5) a.firstElementChild.remove();
-}
-
-function timeOf(ts) {
-  return new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-}
-
-function roleLabel(role) {
-  return role === 'clinician' ? 'Clinician' : role === 'moderator' ? 'Moderator' : '';
-}
-
 function roomTitle(id) {
   const r = state.rooms.find((x) => x.id === id);
   if (r) return r.title;
@@ -114,68 +85,41 @@ function setConn(s) {
 // ------------------------------------------------------------ the socket
 
 function send(frame, pending) {
-  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return null;
-  const ref = state.nextRef++;
-  if (pending) state.pending.set(ref, pending);
-  state.ws.send(JSON.stringify({ ...frame, ref }));
-  return ref;
+  return sendFrame(state, frame, pending);
 }
 
 function connect() {
-  clearTimeout(state.reconnectTimer);
-  state.reconnectTimer = null;
-  const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  let ws;
-  try {
-    ws = new WebSocket(`${proto}//${location.host}/ws`);
-  } catch {
-    scheduleReconnect();
-    return;
-  }
-  state.ws = ws;
-  ws.addEventListener('open', () => {
-    const hello = { type: 'hello', locale: navigator.language || 'en' };
-    const token = store.get(STORE.session, null);
-    if (token) hello.resume = token;
-    send(hello, { kind: 'hello' });
+  const made = connectLink(state, {
+    hello: () => {
+      const hello = { type: 'hello', locale: navigator.language || 'en' };
+      const token = store.get(STORE.session, null);
+      if (token) hello.resume = token;
+      return hello;
+    },
+    onFrame: handle,
+    onClose,
   });
-  ws.addEventListener('message', (ev) => {
-    let f;
-    try {
-      f = JSON.parse(ev.data);
-    } catch {
-      return;
-    }
-    if (f && typeof f.type === 'string') handle(f);
-  });
-  ws.addEventListener('close', (ev) => {
-    if (state.ws !== ws) return;
-    state.ws = null;
-    state.pending.clear();
-    state.sending = false;
-    for (const r of state.joined.values()) r.live = false;
-    updateComposer();
-    if (ev.code === 1000 && /resumed on another/.test(ev.reason)) {
-      setConn('moved');
-      showNotice('This conversation is now open in another tab or window. Close that one, or reload this page to continue here.');
-      return;
-    }
-    if (ev.code === 1008) {
-      showNotice('A moderator has removed you from the rooms for now.');
-    }
-    scheduleReconnect(ev.code === 1012);
-  });
+  if (!made) scheduleReconnect();
 }
 
-// Exponential backoff with jitter: each wait is between half and all of
-// the step, so a restarted server is not hit by every page at once.
+function onClose(ev) {
+  state.sending = false;
+  for (const r of state.joined.values()) r.live = false;
+  updateComposer();
+  if (ev.code === 1000 && /resumed on another/.test(ev.reason)) {
+    setConn('moved');
+    showNotice('This conversation is now open in another tab or window. Close that one, or reload this page to continue here.');
+    return;
+  }
+  if (ev.code === 1008) {
+    showNotice('A moderator has removed you from the rooms for now.');
+  }
+  scheduleReconnect(ev.code === 1012);
+}
+
 function scheduleReconnect(restarting = false) {
   setConn(state.everConnected ? 'reconnecting' : 'connecting');
-  const step = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.attempt);
-  state.attempt++;
-  const wait = (restarting && state.attempt === 1 ? 250 : step / 2) + Math.random() * (step / 2);
-  clearTimeout(state.reconnectTimer);
-  state.reconnectTimer = setTimeout(connect, wait);
+  retryLater(state, connect, restarting);
 }
 
 window.addEventListener('online', () => {
@@ -808,21 +752,6 @@ function onSupport(f) {
   $('support').dataset.level = f.level || '';
   announce(`${f.text || ''} ${resources.map((r) => `${r.name}: ${r.contact}`).join('. ')}`);
   if (!$('help').hidden) renderResources($('help-list'), helpResources());
-}
-
-// ---------------------------------------------------------------- notices
-
-let noticeTimer = null;
-function showNotice(text, gentle = false) {
-  $('notice-text').textContent = text;
-  $('notice').hidden = false;
-  $('notice').dataset.kind = gentle ? 'info' : 'error';
-  clearTimeout(noticeTimer);
-  if (gentle) noticeTimer = setTimeout(hideNotice, 6000);
-}
-
-function hideNotice() {
-  $('notice').hidden = true;
 }
 
 // ------------------------------------------------------------- invitation

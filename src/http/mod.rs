@@ -1,6 +1,6 @@
-//! HTTP: the axum router for `/ws`, health, metrics, the public API and the
-//! peer page (`web/`, embedded in the binary: no build step, no files to
-//! deploy beside it).
+//! HTTP: the axum router for `/ws`, health, metrics, the public API, the
+//! peer page and the staff console (`web/`, embedded in the binary: no build
+//! step, no files to deploy beside it).
 //!
 //! Owns request-level checks that happen before a connection exists: the
 //! `Origin` allow-list and the per-address connection limit (the address is
@@ -69,10 +69,6 @@ impl IntoResponse for ApiError {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
-        .route("/static/app.js", get(app_js))
-        .route("/static/app.css", get(app_css))
-        .route("/static/icon.svg", get(icon_svg))
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -80,7 +76,50 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms", get(rooms))
         .route("/api/rooms/{id}/guidelines", get(guidelines))
         .merge(staff_api::routes())
+        .merge(pages())
         .with_state(state)
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// The pages and their files, compiled in: the peer page at `/`, the staff
+/// console at `/staff` (it asks for a staff token in the page), and what
+/// they share (`common.js`, `theme.css`, the icon).
+const PAGES: &[(&str, &str, &str)] = &[
+    ("/", HTML, include_str!("../../web/index.html")),
+    ("/static/app.js", JS, include_str!("../../web/app.js")),
+    ("/static/app.css", CSS, include_str!("../../web/app.css")),
+    ("/staff", HTML, include_str!("../../web/staff.html")),
+    ("/static/staff.js", JS, include_str!("../../web/staff.js")),
+    (
+        "/static/staff.css",
+        CSS,
+        include_str!("../../web/staff.css"),
+    ),
+    ("/static/common.js", JS, include_str!("../../web/common.js")),
+    (
+        "/static/theme.css",
+        CSS,
+        include_str!("../../web/theme.css"),
+    ),
+    (
+        "/static/icon.svg",
+        "image/svg+xml",
+        include_str!("../../web/icon.svg"),
+    ),
+];
+
+fn pages() -> Router<AppState> {
+    PAGES
+        .iter()
+        .fold(Router::new(), |router, &(path, content_type, body)| {
+            router.route(
+                path,
+                get(move || async move { page_asset(content_type, body) }),
+            )
+        })
 }
 
 /// The pages are static files compiled in. Scripts and styles only from
@@ -105,28 +144,6 @@ fn page_asset(content_type: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
-}
-
-async fn index() -> Response {
-    page_asset(
-        "text/html; charset=utf-8",
-        include_str!("../../web/index.html"),
-    )
-}
-
-async fn app_js() -> Response {
-    page_asset(
-        "text/javascript; charset=utf-8",
-        include_str!("../../web/app.js"),
-    )
-}
-
-async fn app_css() -> Response {
-    page_asset("text/css; charset=utf-8", include_str!("../../web/app.css"))
-}
-
-async fn icon_svg() -> Response {
-    page_asset("image/svg+xml", include_str!("../../web/icon.svg"))
 }
 
 /// A listed room's guidelines, so the page can show them before `join`

@@ -1314,7 +1314,8 @@ impl HubHandle {
         }
         self.check_sanctions(conn, room.idx)?;
         let id = pseudonym::random_id("m_", 12);
-        match self.assess(conn, room, room_id, &id, &text).await {
+        let (verdict, flag) = self.assess(conn, room, room_id, &id, &text).await;
+        match verdict {
             Verdict::Deliver => {}
             Verdict::Block(why) => return Err(HubError::Blocked(why)),
             Verdict::Hold => {
@@ -1325,6 +1326,7 @@ impl HubHandle {
                         from: conn.member.clone(),
                         text: text.clone(),
                         ts: now_ms(),
+                        flag: flag.map(|f| f.to_string()),
                     },
                 )
                 .await?;

@@ -28,6 +28,9 @@ const MAX_SANCTION: Duration = Duration::from_secs(365 * 24 * 3600);
 const MAX_SLOW_MODE_SECS: u64 = 3600;
 /// Queued reports a watcher receives when it starts watching a room.
 const REPORTS_ON_WATCH: usize = 100;
+/// Held messages (their `flag` events, newest kept) sent after a `watch`
+/// reply at most, so a long queue cannot overflow the watcher's outbox.
+const HELD_ON_WATCH: usize = 100;
 
 /// Who acts: a staff member, from a connection or the staff API.
 #[derive(Debug, Clone)]
@@ -169,7 +172,8 @@ impl HubHandle {
     /// Starts watching a room: the reply (an `ok` with the room's members,
     /// settings and history) is queued here, then every message and event
     /// follows with no gap and no repeat, as for `join`. Queued reports for
-    /// the room follow the reply.
+    /// the room follow the reply, then the `flag` of each message still held
+    /// there (one held meanwhile may also come live: the same flag twice).
     pub async fn watch(
         &self,
         conn: &Conn,
@@ -203,7 +207,8 @@ impl HubHandle {
                     let members = r.room_members(room.idx).await?;
                     let settings = r.settings(room.idx).await?;
                     let reports = r.reports(Some(room_id), REPORTS_ON_WATCH).await?;
-                    Ok::<_, FanoutError>((watching, members, settings, reports))
+                    let held = r.held_all(room.idx).await?;
+                    Ok::<_, FanoutError>((watching, members, settings, reports, held))
                 }
                 .await;
                 match view {
@@ -232,7 +237,7 @@ impl HubHandle {
         };
         let reports: Vec<Utf8Bytes> = match &cluster {
             // Newest first from Redis; oldest first to the watcher.
-            Some((_, _, _, reports)) => {
+            Some((_, _, _, reports, _)) => {
                 reports.iter().rev().map(|r| r.to_string().into()).collect()
             }
             None => {
@@ -245,9 +250,31 @@ impl HubHandle {
                     .collect()
             }
         };
+        let held_flags = {
+            let mut waiting: Vec<HeldMessage> = match &cluster {
+                Some((.., held)) => held
+                    .iter()
+                    .filter_map(|j| serde_json::from_str(j).ok())
+                    .collect(),
+                None => h
+                    .held
+                    .lock()
+                    .values()
+                    .filter(|m| m.room == room.idx)
+                    .cloned()
+                    .collect(),
+            };
+            waiting.sort_by_key(|m| m.ts);
+            let skip = waiting.len().saturating_sub(HELD_ON_WATCH);
+            waiting
+                .into_iter()
+                .skip(skip)
+                .filter_map(|m| m.flag.map(Utf8Bytes::from))
+                .collect::<Vec<_>>()
+        };
         let mut st = room.state.lock();
         let (members, watching, locked, slow_mode) = match cluster {
-            Some((watching, members, (locked, slow), _)) => (members, watching, locked, slow),
+            Some((watching, members, (locked, slow), ..)) => (members, watching, locked, slow),
             None => (
                 st.members.values().map(|m| m.member.clone()).collect(),
                 st.watchers.len(),
@@ -278,7 +305,7 @@ impl HubHandle {
         }
         .encode();
         h.rooms.push(&conn.outbox, reply.into());
-        for frame in reports {
+        for frame in reports.into_iter().chain(held_flags) {
             h.rooms.push(&conn.outbox, frame);
         }
         for frame in self.escalation_queue(&conn.member, Some(room_id)) {
@@ -914,6 +941,10 @@ pub(crate) struct HeldMessage {
     pub(crate) from: Member,
     pub(crate) text: String,
     pub(crate) ts: u64,
+    /// The `flag` event staff got when it was held (with its text), sent
+    /// again to staff who start watching the room while it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) flag: Option<String>,
 }
 
 impl HubHandle {
@@ -1027,6 +1058,7 @@ mod tests {
                 from: a.member.clone(),
                 text: "held words".into(),
                 ts: 5,
+                flag: None,
             },
         )
         .await
@@ -1081,6 +1113,7 @@ mod tests {
                 from,
                 text: "t".into(),
                 ts: 1,
+                flag: None,
             },
         )
         .await

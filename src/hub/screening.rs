@@ -19,7 +19,9 @@ use crate::safety::{support, Verdict};
 
 impl HubHandle {
     /// Judges a message about to be sent, tells the sender and staff what
-    /// they need to know, and returns what happens to the message.
+    /// they need to know, and returns what happens to the message with the
+    /// `flag` sent to watching staff, if any (a held message keeps it, so
+    /// staff who start watching later get it too).
     pub(super) async fn assess(
         &self,
         conn: &Conn,
@@ -27,7 +29,7 @@ impl HubHandle {
         room_id: &str,
         id: &str,
         text: &str,
-    ) -> Verdict {
+    ) -> (Verdict, Option<Utf8Bytes>) {
         let h = &self.inner;
         let mut a = h.classifier.assess(text, room_id);
         if conn.staff.is_none() {
@@ -57,24 +59,33 @@ impl HubHandle {
             h.rooms.push(&conn.outbox, frame.into());
             Metrics::inc(&h.metrics.support_sent);
         }
+        let mut flagged = None;
         if crisis || matches!(a.policy, Some(Policy::Method | Policy::Urging)) {
-            let frame: Utf8Bytes = json!({
+            let held = verdict == Verdict::Hold;
+            let mut flag = json!({
                 "type": "flag",
                 "room": room_id,
                 "message": id,
                 "level": a.level.as_str(),
                 "categories": a.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
                 "policy": a.policy.map(|p| p.as_str()),
-                "held": verdict == Verdict::Hold,
+                "held": held,
                 "blocked": matches!(verdict, Verdict::Block(_)),
                 "from": {"id": conn.member.id, "name": conn.member.name},
                 "signals": a.signals,
-            })
-            .to_string()
-            .into();
+            });
+            // A held message is published to nobody until staff decide,
+            // so its reviewers need its words; a delivered one reaches
+            // them as a `message`, a blocked one is never kept.
+            if held {
+                flag["text"] = json!(text);
+                flag["ts"] = json!(super::now_ms());
+            }
+            let frame: Utf8Bytes = flag.to_string().into();
             self.room_event(room.idx, "", &frame, EventKind::Staff)
                 .await;
             Metrics::inc(&h.metrics.flags);
+            flagged = Some(frame);
         }
         if a.policy == Some(Policy::Urging) && !room.cfg.care {
             self.escalate_urged(conn, room, room_id, id, text, &a).await;
@@ -87,7 +98,7 @@ impl HubHandle {
             self.maybe_escalate(conn, room.idx, room_id, id, text, &a)
                 .await;
         }
-        verdict
+        (verdict, flagged)
     }
 
     /// Policy first (contact, links and sourcing are blocked; method and

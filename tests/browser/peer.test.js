@@ -6,20 +6,12 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import { Hub } from './lib/hub.js';
-import { launch, openPeer, online, myName, joinRoom, say, texts, axe, serious, openStaff } from './lib/browser.js';
+import { startHubAndBrowser, screenshotsDir, openPeer, online, myName, joinRoom, say, texts, axe, serious, openStaff, focused, tabTo } from './lib/browser.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const SHOTS =
-  process.env.HEARTH_SCREENSHOTS === '1'
-    ? path.resolve(here, '..', '..', 'docs', 'screenshots')
-    : mkdtempSync(path.join(tmpdir(), 'hearth-shots-'));
-mkdirSync(SHOTS, { recursive: true });
+const SHOTS = screenshotsDir();
 
 const CRISIS = 'i have all the pills ready and im taking them tonight when everyone is asleep. goodbye';
 
@@ -35,11 +27,7 @@ async function peer(opts) {
 }
 
 before(async () => {
-  const [h, b] = await Promise.allSettled([Hub.start(), launch()]);
-  hub = h.value;
-  browser = b.value;
-  if (h.status === 'rejected') throw h.reason;
-  if (b.status === 'rejected') throw b.reason;
+  ({ hub, browser } = await startHubAndBrowser());
   clinician = await openStaff(browser, hub, hub.token('clinician', 'Dr Rowan'));
 });
 
@@ -237,31 +225,17 @@ test('a crisis message brings the support panel to the person and an escalation 
 
 test('keyboard only: choose a room, accept the guidelines, join and send', async () => {
   const page = await peer();
-  const focused = () =>
-    page.evaluate(() => {
-      const e = document.activeElement;
-      return { id: e.id, room: e.dataset?.room || '', text: (e.textContent || '').trim().slice(0, 60), outline: getComputedStyle(e).outlineStyle };
-    });
-  async function tabTo(pred, max = 25) {
-    for (let i = 0; i < max; i++) {
-      await page.keyboard.press('Tab');
-      const f = await focused();
-      if (pred(f)) return f;
-    }
-    throw new Error('could not reach the control with Tab');
-  }
-
-  const first = await tabTo(() => true);
+  const first = await tabTo(page, () => true);
   assert.match(first.text, /Skip to main content/, 'the skip link comes first');
-  const room = await tabTo((f) => f.room === 'substance-use');
+  const room = await tabTo(page, (f) => f.room === 'substance-use');
   assert.notEqual(room.outline, 'none', 'focus is visible');
   await page.keyboard.press('Enter');
   await page.locator('#view-guidelines').waitFor();
-  assert.equal((await focused()).id, 'guidelines-title', 'focus moves to the guidelines');
-  await tabTo((f) => f.id === 'guidelines-accept');
+  assert.equal((await focused(page)).id, 'guidelines-title', 'focus moves to the guidelines');
+  await tabTo(page, (f) => f.id === 'guidelines-accept');
   await page.keyboard.press('Enter');
   await page.locator('#view-chat').waitFor();
-  assert.equal((await focused()).id, 'text', 'focus lands in the message box');
+  assert.equal((await focused(page)).id, 'text', 'focus lands in the message box');
   await page.waitForFunction(() => !document.querySelector('#send').disabled);
   await page.keyboard.type('Typed with the keyboard alone');
   await page.keyboard.press('Enter');

@@ -593,6 +593,14 @@ impl RedisFanout {
         sh.query::<Value>(cmd).await.map(|_| ())
     }
 
+    /// Every message held in a room, as JSON, in no particular order.
+    pub async fn held_all(&self, room: u32) -> Result<Vec<String>, FanoutError> {
+        let sh = &self.shared;
+        let keys = sh.room_keys(room)?;
+        let key = format!("{}:held", keys.tag);
+        sh.query(redis::cmd("HVALS").arg(&key).to_owned()).await
+    }
+
     /// A held message's JSON; with `take`, removed at the same time (only
     /// one caller can take it).
     pub async fn held_get(

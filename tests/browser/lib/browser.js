@@ -3,12 +3,37 @@
 
 import { chromium } from 'playwright-core';
 import { createRequire } from 'node:module';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { Hub } from './hub.js';
 
 export const CHROMIUM = process.env.HEARTH_CHROMIUM || '/usr/bin/chromium';
 
 // A phone: the page is made for these first.
 export const PHONE = { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true };
+
+/** Where screenshots go: docs/screenshots/ when HEARTH_SCREENSHOTS=1, else a temporary directory. */
+export function screenshotsDir() {
+  const dir =
+    process.env.HEARTH_SCREENSHOTS === '1'
+      ? path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'docs', 'screenshots')
+      : mkdtempSync(path.join(tmpdir(), 'hearth-shots-'));
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+/** A hub and a browser, started side by side. */
+export async function startHubAndBrowser() {
+  const [h, b] = await Promise.allSettled([Hub.start(), launch()]);
+  if (h.status === 'rejected' || b.status === 'rejected') {
+    await Promise.allSettled([h.value?.close(), b.value?.close()]);
+    throw h.reason || b.reason;
+  }
+  return { hub: h.value, browser: b.value };
+}
 
 export async function launch() {
   return chromium.launch({
@@ -27,9 +52,12 @@ export async function launch() {
   });
 }
 
-/** A new person: their own context (own sessionStorage), on the peer page. */
-export async function openPeer(browser, hub, { locale = 'en-GB', ...opts } = {}) {
-  const context = await browser.newContext({ ...PHONE, locale, ...opts });
+// A laptop: where a moderator watches four rooms and a clinician waits.
+export const LAPTOP = { viewport: { width: 1440, height: 900 }, deviceScaleFactor: 1 };
+
+/** A new page in its own context (own storage), collecting errors in `page.problems`. */
+async function newPage(browser, opts) {
+  const context = await browser.newContext(opts);
   const page = await context.newPage();
   const problems = [];
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
@@ -39,7 +67,28 @@ export async function openPeer(browser, hub, { locale = 'en-GB', ...opts } = {})
     }
   });
   page.problems = problems;
+  return page;
+}
+
+/** A new person: their own context (own sessionStorage), on the peer page. */
+export async function openPeer(browser, hub, { locale = 'en-GB', ...opts } = {}) {
+  const page = await newPage(browser, { ...PHONE, locale, ...opts });
   await page.goto(hub.url + '/');
+  await online(page);
+  return page;
+}
+
+/**
+ * The staff console at /staff, signed in with a fresh token for `role`;
+ * `clockAheadMs` sets the browser's clock wrong by that much.
+ */
+export async function openConsole(browser, hub, role, name, { clockAheadMs = 0 } = {}) {
+  const page = await newPage(browser, { ...LAPTOP, locale: 'en-GB' });
+  if (clockAheadMs) await page.clock.setSystemTime(Date.now() + clockAheadMs);
+  await page.goto(hub.url + '/staff');
+  await page.getByLabel('Staff token').fill(hub.token(role, name));
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#view-console').waitFor();
   await online(page);
   return page;
 }
@@ -157,4 +206,28 @@ export async function openStaff(browser, hub, token) {
     },
   };
   return staff;
+}
+
+/** What has keyboard focus: id, data-room, aria-label, text and outline style. */
+export function focused(page) {
+  return page.evaluate(() => {
+    const e = document.activeElement;
+    return {
+      id: e.id,
+      room: e.dataset?.room || '',
+      label: e.getAttribute('aria-label') || '',
+      text: (e.textContent || '').trim().slice(0, 60),
+      outline: getComputedStyle(e).outlineStyle,
+    };
+  });
+}
+
+/** Presses Tab until `pred(focused)` holds (at most `max` times). */
+export async function tabTo(page, pred, max = 25) {
+  for (let i = 0; i < max; i++) {
+    await page.keyboard.press('Tab');
+    const f = await focused(page);
+    if (pred(f)) return f;
+  }
+  throw new Error('could not reach the control with Tab');
 }
