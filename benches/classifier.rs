@@ -70,10 +70,14 @@ fn time(c: &Classifier, text: &str, room: &str, iters: u32) -> Duration {
 
 fn main() {
     let build = Instant::now();
-    let c = match Classifier::builtin() {
+    let built = || match Classifier::builtin() {
         Ok(c) => c,
         Err(e) => panic!("built-in safety config: {e}"),
     };
+    let c = built();
+    // The same rules without the learned layer, measured side by side so
+    // the model's own cost shows whatever else the machine is doing.
+    let rules = built().with_model(None);
     println!("classifier built in {:?}", build.elapsed());
     // `cargo bench` passes `--bench`; without it (`cargo test
     // --all-targets` runs this binary too, unoptimised) or with `--quick`, a
@@ -90,16 +94,18 @@ fn main() {
     }
 
     println!(
-        "{:<16} {:>6} {:>10} {:>8}",
-        "message", "chars", "ns/assess", "level"
+        "{:<16} {:>6} {:>10} {:>10} {:>8}",
+        "message", "chars", "ns/assess", "rules only", "level"
     );
     for (name, room, text) in MIX {
         let per = time(&c, text, room, iters);
+        let per_rules = time(&rules, text, room, iters);
         let level = c.assess(text, room).level;
         println!(
-            "{name:<16} {:>6} {:>10} {:>8}",
+            "{name:<16} {:>6} {:>10} {:>10} {:>8}",
             text.chars().count(),
             per.as_nanos(),
+            per_rules.as_nanos(),
             level.as_str()
         );
     }
