@@ -528,25 +528,36 @@ fn local_addr(ws: &Ws) -> Option<SocketAddr> {
 
 /// While messages flow: samples how many bytes each of the generator's
 /// sockets holds received but unread, keeping the most seen per socket.
-/// Cheap enough at a few thousand sockets (one read of /proc/net/tcp).
+///
+/// `/proc/net/tcp` lists every socket of the network namespace, and reading
+/// it costs the kernel time in proportion (seconds with tens of thousands
+/// of sockets): it is read off the runtime (`spawn_blocking`), one read at a
+/// time, and the next read waits 20 times as long as the last one took, so
+/// sampling never takes more than ~5 % of the generator's time.
 async fn sample_unread(sh: Arc<Shared>) {
-    let mut tick = tokio::time::interval(UNREAD_SAMPLE_EVERY);
     loop {
-        tick.tick().await;
         if matches!(*sh.phase.borrow(), Phase::Setup) {
+            tokio::time::sleep(UNREAD_SAMPLE_EVERY).await;
             continue;
         }
-        let now = sys::tcp_unread_bytes();
-        let mut m = match sh.unread_max.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
+        let t0 = Instant::now();
+        let Ok(now) = tokio::task::spawn_blocking(sys::tcp_unread_bytes).await else {
+            return;
         };
-        for (addr, unread) in now {
-            if unread > 0 {
-                let e = m.entry(addr).or_insert(0);
-                *e = (*e).max(unread);
+        let took = t0.elapsed();
+        {
+            let mut m = match sh.unread_max.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            for (addr, unread) in now {
+                if unread > 0 {
+                    let e = m.entry(addr).or_insert(0);
+                    *e = (*e).max(unread);
+                }
             }
         }
+        tokio::time::sleep(UNREAD_SAMPLE_EVERY.max(took * 20)).await;
     }
 }
 
