@@ -273,3 +273,27 @@ async fn client_close_is_answered_with_close() {
         other => panic!("expected the server's Close reply, got {other:?}"),
     }
 }
+
+/// A message longer than the session's fragment size (a `welcome` with a
+/// long room description) goes out as continuation frames; the client gets
+/// it whole, and what follows it in order.
+#[tokio::test]
+async fn long_welcome_arrives_whole_in_fragments() {
+    let long = "a room for long talks ".repeat(400); // ~8.8 KB, several fragments
+    let quoted = format!("\"{long}\"");
+    let hub = TestHub::start_with(|t| common::set_room(t, "anxiety", "description", &quoted)).await;
+    let mut c = TestClient::connect(&hub).await;
+    c.send_json(json!({"type": "hello", "ref": 1})).await;
+    let w = c.recv().await;
+    assert_eq!(w["type"], "welcome");
+    let rooms = w["rooms"].as_array().expect("rooms");
+    let anxiety = rooms
+        .iter()
+        .find(|r| r["id"] == "anxiety")
+        .expect("anxiety listed");
+    assert_eq!(anxiety["description"].as_str(), Some(long.as_str()));
+    c.send_json(json!({"type": "join", "room": "anxiety", "ref": 2}))
+        .await;
+    let j = c.recv_type("joined").await;
+    assert_eq!(j["ref"], 2, "{j}");
+}

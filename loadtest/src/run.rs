@@ -22,8 +22,8 @@
 //! lives in this process, so senders and receivers read one monotonic
 //! clock.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,6 +53,17 @@ const TIMER_SLACK: Duration = Duration::from_millis(2);
 /// Sockets per source address before another loopback source is added
 /// (the ephemeral port range here is 28 232 ports per source/target pair).
 const SOCKETS_PER_SOURCE: usize = 25_000;
+
+/// The hub's close code for a receiver whose outbound queue overflowed.
+const TOO_SLOW: u16 = 4009;
+
+/// A client socket with at least this much received but unread by the
+/// generator was one the generator's reader had fallen behind on.
+const BEHIND_BYTES: u64 = 64 * 1024;
+
+/// How often the generator samples its sockets' unread bytes while
+/// messages flow.
+const UNREAD_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 /// Churn cycles in progress at most; beyond that a tick is skipped (and
 /// counted), so a slow hub cannot make the generator pile up sockets.
@@ -166,6 +177,9 @@ struct Shared {
     /// Which node (URL index) each room's member j uses.
     nodes: usize,
     permits: Semaphore,
+    /// Most bytes seen received but unread in each client socket (by local
+    /// address) while messages flowed.
+    unread_max: Mutex<HashMap<SocketAddr, u64>>,
 }
 
 impl Shared {
@@ -322,11 +336,19 @@ struct MemberOutcome {
     foreign: u64,
     first_send: Option<Instant>,
     last_recv: Option<Instant>,
+    /// The hub closed this member as too slow (4009).
+    closed_slow: bool,
+    /// Most bytes its socket held unread by the generator (sampled).
+    unread_max: u64,
 }
 
 /// One open connection with its protocol, reading and recording frames.
 struct Conn {
     ws: Ws,
+    /// The socket's local address (to find its unread bytes).
+    local: Option<SocketAddr>,
+    /// The close code the server sent, if it closed the connection.
+    close_code: Option<u16>,
     sh: Arc<Shared>,
     id: usize,
     room: usize,
@@ -354,11 +376,14 @@ impl Conn {
         };
         let text = match msg {
             Message::Text(t) => t,
-            Message::Close(c) => bail!(
-                "close {}",
-                c.map(|c| u16::from(c.code).to_string())
-                    .unwrap_or_else(|| "without code".into())
-            ),
+            Message::Close(c) => {
+                self.close_code = c.as_ref().map(|c| u16::from(c.code));
+                bail!(
+                    "close {}",
+                    c.map(|c| u16::from(c.code).to_string())
+                        .unwrap_or_else(|| "without code".into())
+                )
+            }
             _ => return Ok(None),
         };
         match self.sh.proto.decode(text.as_str())? {
@@ -497,6 +522,45 @@ async fn open(sh: &Shared, n: usize, node: usize) -> anyhow::Result<(Ws, Value)>
         .map_err(|_| anyhow!("timeout"))?
 }
 
+fn local_addr(ws: &Ws) -> Option<SocketAddr> {
+    ws.get_ref().local_addr().ok()
+}
+
+/// While messages flow: samples how many bytes each of the generator's
+/// sockets holds received but unread, keeping the most seen per socket.
+///
+/// `/proc/net/tcp` lists every socket of the network namespace, and reading
+/// it costs the kernel time in proportion (seconds with tens of thousands
+/// of sockets): it is read off the runtime (`spawn_blocking`), one read at a
+/// time, and the next read waits 20 times as long as the last one took, so
+/// sampling never takes more than ~5 % of the generator's time.
+async fn sample_unread(sh: Arc<Shared>) {
+    loop {
+        if matches!(*sh.phase.borrow(), Phase::Setup) {
+            tokio::time::sleep(UNREAD_SAMPLE_EVERY).await;
+            continue;
+        }
+        let t0 = Instant::now();
+        let Ok(now) = tokio::task::spawn_blocking(sys::tcp_unread_bytes).await else {
+            return;
+        };
+        let took = t0.elapsed();
+        {
+            let mut m = match sh.unread_max.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            for (addr, unread) in now {
+                if unread > 0 {
+                    let e = m.entry(addr).or_insert(0);
+                    *e = (*e).max(unread);
+                }
+            }
+        }
+        tokio::time::sleep(UNREAD_SAMPLE_EVERY.max(took * 20)).await;
+    }
+}
+
 /// A short name for an error, for the errors-by-code table.
 fn kind(phase: &str, e: &anyhow::Error) -> String {
     let s = format!("{e:#}");
@@ -548,6 +612,8 @@ async fn member(sh: Arc<Shared>, i: usize) -> MemberOutcome {
     };
     sh.counters.connected.fetch_add(1, Ordering::Relaxed);
     let mut c = Conn {
+        local: local_addr(&ws),
+        close_code: None,
         ws,
         sh: sh.clone(),
         id: i,
@@ -578,6 +644,14 @@ async fn member(sh: Arc<Shared>, i: usize) -> MemberOutcome {
     out.gaps = c.recv.gaps;
     out.foreign = c.recv.foreign;
     out.last_recv = c.recv.last_recv;
+    out.closed_slow = c.close_code == Some(TOO_SLOW);
+    if let Some(local) = c.local {
+        let m = match sh.unread_max.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        out.unread_max = m.get(&local).copied().unwrap_or(0);
+    }
     if sh.sc.leave_at_end && sh.sc.rooms > 0 && out.joined {
         let frame = sh.proto.leave(3, &sh.rooms[room]);
         let _ = c.send_text(frame).await;
@@ -767,6 +841,8 @@ async fn churn_cycle(sh: Arc<Shared>, n: usize, tally: Arc<ChurnTally>) {
     let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
     sh.connect.record_all(n, &[us]);
     let mut c = Conn {
+        local: local_addr(&ws),
+        close_code: None,
         ws,
         sh: sh.clone(),
         id: n,
@@ -885,7 +961,18 @@ pub struct Messages {
     /// after their `joined`, up to the last acknowledged one.
     pub expected: u64,
     pub received: u64,
+    /// Deliveries missed by members that stayed connected (members the hub
+    /// closed as too slow are counted apart, below).
     pub lost: u64,
+    /// Members the hub closed as too slow to keep up (4009).
+    pub slow_closed: u64,
+    /// Of those, members whose socket held at least 64 KiB received but not
+    /// yet read by the generator: the generator's reader had fallen behind.
+    pub slow_closed_generator_behind: u64,
+    /// The most unread bytes seen in a slow-closed member's socket, KiB.
+    pub slow_closed_unread_max_kib: u64,
+    /// Deliveries the slow-closed members did not get (after their close).
+    pub missed_by_slow_closed: u64,
     pub duplicated: u64,
     pub reordered: u64,
     /// Times a member saw a seq jump ahead (each later seen out of order or
@@ -1028,6 +1115,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             .collect(),
         nodes,
         permits: Semaphore::new(sc.concurrency),
+        unread_max: Mutex::new(HashMap::new()),
     };
     let (mut probe, welcome) = open(&sh, usize::MAX / 2, 0)
         .await
@@ -1162,6 +1250,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let cpu_since = Instant::now();
     let measure_start = Instant::now() + Duration::from_millis(50);
     sh.phase.send_replace(Phase::Measure(measure_start));
+    let sampler = (sc.rooms > 0).then(|| tokio::spawn(sample_unread(sh.clone())));
     let tally = Arc::new(ChurnTally::default());
     let churn =
         (sc.churn_per_sec > 0.0).then(|| tokio::spawn(churn_driver(sh.clone(), tally.clone())));
@@ -1198,6 +1287,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             outcomes.push(o);
         }
     }
+    if let Some(s) = sampler {
+        s.abort();
+    }
     let measure_s = measure_start.elapsed().as_secs_f64();
     let cpu_s = cpu_since.elapsed().as_secs_f64();
     let gen_cpu = sys::process_cpu_secs(std::process::id()).unwrap_or(0.0) - gen_cpu0;
@@ -1231,6 +1323,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         expected: 0,
         received: 0,
         lost: 0,
+        slow_closed: 0,
+        slow_closed_generator_behind: 0,
+        slow_closed_unread_max_kib: 0,
+        missed_by_slow_closed: 0,
         duplicated: 0,
         reordered: 0,
         gaps: 0,
@@ -1244,7 +1340,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     for o in &outcomes {
         m.expected += o.expected;
         m.received += o.received;
-        m.lost += o.expected.saturating_sub(o.unique_in_range);
+        let missed = o.expected.saturating_sub(o.unique_in_range);
+        if o.closed_slow {
+            m.slow_closed += 1;
+            m.missed_by_slow_closed += missed;
+            if o.unread_max >= BEHIND_BYTES {
+                m.slow_closed_generator_behind += 1;
+            }
+            m.slow_closed_unread_max_kib = m.slow_closed_unread_max_kib.max(o.unread_max / 1024);
+        } else {
+            m.lost += missed;
+        }
         m.duplicated += o.duplicated;
         m.reordered += o.reordered;
         m.gaps += o.gaps;
@@ -1296,6 +1402,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         problems.push(format!(
             "{failed} of {} connections failed to set up",
             sc.connections
+        ));
+    }
+    if m.slow_closed > 0 {
+        let behind = m.slow_closed_generator_behind;
+        problems.push(format!(
+            "{} receivers CLOSED BY THE HUB AS TOO SLOW (4009); they missed {} deliveries after \
+             the close (not counted as lost). {behind} of them had ≥ {} KiB received but unread \
+             in the generator's own socket (up to {} KiB): the generator's reader had fallen \
+             behind{}",
+            m.slow_closed,
+            m.missed_by_slow_closed,
+            BEHIND_BYTES / 1024,
+            m.slow_closed_unread_max_kib,
+            if behind < m.slow_closed {
+                format!(
+                    "; {} had no such backlog: the hub's queue overflowed while the reader kept up",
+                    m.slow_closed - behind
+                )
+            } else {
+                String::new()
+            }
         ));
     }
     for (n, what) in [
@@ -1418,11 +1545,19 @@ impl Report {
             &mut s,
             "lost/dup/reordered/gaps",
             format!(
-                "{} / {} / {} / {}{}",
+                "{} / {} / {} / {}{}{}",
                 m.lost,
                 m.duplicated,
                 m.reordered,
                 m.gaps,
+                if m.slow_closed > 0 {
+                    format!(
+                        "  (+{} missed by {} receivers closed as too slow)",
+                        m.missed_by_slow_closed, m.slow_closed
+                    )
+                } else {
+                    String::new()
+                },
                 if m.foreign > 0 {
                     format!("  ({} not of this run)", m.foreign)
                 } else {

@@ -1,7 +1,8 @@
 //! What the operating system tells about processes: resident memory and
 //! CPU time from `/proc`, the open-files limit, and small report helpers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -136,6 +137,38 @@ pub(crate) fn raise_open_files_limit(wanted: u64) -> u64 {
     rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
 }
 
+// ---------------------------------------------------------------------------
+// Sockets
+
+/// Bytes received by the kernel but not yet read by the application
+/// (`rx_queue`), for every IPv4 TCP socket of this network namespace, by
+/// local address, from `/proc/net/tcp`. A client socket with a large
+/// backlog here is one its reader (this generator) has fallen behind on.
+pub(crate) fn tcp_unread_bytes() -> HashMap<SocketAddr, u64> {
+    std::fs::read_to_string("/proc/net/tcp")
+        .map(|t| parse_proc_net_tcp(&t))
+        .unwrap_or_default()
+}
+
+fn parse_proc_net_tcp(text: &str) -> HashMap<SocketAddr, u64> {
+    let addr = |s: &str| -> Option<SocketAddr> {
+        let (ip, port) = s.split_once(':')?;
+        // The address is the in-memory (network order) word printed as hex.
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        Some(SocketAddr::from((Ipv4Addr::from(ip.to_ne_bytes()), port)))
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let local = addr(f.nth(1)?)?;
+            let (_tx, rx) = f.nth(2)?.split_once(':')?;
+            Some((local, u64::from_str_radix(rx, 16).ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +188,18 @@ mod tests {
         let v = [1, 2, 3].map(Duration::from_millis);
         assert_eq!(percentile(&v, 0.5), Duration::from_millis(2));
         assert_eq!(percentile(&v, 1.0), Duration::from_millis(3));
+    }
+
+    #[test]
+    fn unread_bytes_from_proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:4E20 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
+   1: 0200007F:9C40 0100007F:4E20 01 00000010:0001F400 00:00000000 00000000     0        0 2 1\n";
+        let m = parse_proc_net_tcp(text);
+        assert_eq!(m.len(), 2);
+        let client: SocketAddr = "127.0.0.2:40000".parse().expect("addr");
+        assert_eq!(m.get(&client), Some(&0x1F400));
+        let _ = tcp_unread_bytes();
     }
 
     #[test]

@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod staff_api;
+mod upgrade;
+
+pub use upgrade::Socket;
 
 use crate::hub::HubHandle;
 use crate::metrics::Metrics;
@@ -230,7 +232,7 @@ async fn ws(
     State(app): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: upgrade::Upgrade,
 ) -> Result<Response, ApiError> {
     let metrics = app.hub.metrics();
     if app.shutdown.is_cancelled() {
@@ -269,15 +271,15 @@ async fn ws(
     let hub = app.hub.clone();
     let shutdown = app.shutdown.clone();
     let tracker = app.tracker.clone();
-    Ok(upgrade
+    let config = tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(w.read_buffer_bytes)
         .write_buffer_size(w.write_buffer_bytes)
         .max_write_buffer_size(w.max_write_buffer_bytes)
-        .max_message_size(w.max_frame_bytes)
-        .max_frame_size(w.max_frame_bytes)
-        .on_upgrade(move |socket| {
-            tracker.track_future(session::run(socket, hub, shutdown, addr_tag))
-        }))
+        .max_message_size(Some(w.max_frame_bytes))
+        .max_frame_size(Some(w.max_frame_bytes));
+    Ok(upgrade.on_upgrade(config, tracker, move |socket| {
+        session::run(socket, hub, shutdown, addr_tag)
+    }))
 }
 
 #[cfg(test)]

@@ -12,10 +12,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame};
+use tungstenite::Message;
 
+use crate::http::Socket;
 use crate::hub::{Action, Actor, Conn, EscalationAction, HubError, HubHandle};
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -30,6 +35,16 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// An idle connection's write buffer is shrunk back when it grew past this.
 const KEEP_BUFFER: usize = 64;
+/// A text message longer than this goes out as continuation frames of at
+/// most this many bytes, each flushed on its own. tungstenite's write
+/// buffer keeps the capacity of the most it ever held, for the life of the
+/// connection: without this, a `welcome` listing 100 rooms (~10 KB) or a
+/// `joined` listing 1 000 members (~60 KB) would stay pinned to every
+/// connection that received one. (Small frames are batched up to
+/// `write_buffer_bytes`, see [`feed_text`].)
+pub const FRAGMENT: usize = 2048;
+/// The most a server frame's header takes (unmasked, 64-bit length).
+const FRAME_HEADER: usize = 10;
 
 /// How the connection ends.
 enum End {
@@ -71,7 +86,7 @@ struct Session {
 
 /// Runs one connection until it closes. Errors end here: they are logged
 /// once and never reach the accept loop.
-pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken, addr_tag: u64) {
+pub async fn run(mut ws: Socket, hub: HubHandle, shutdown: CancellationToken, addr_tag: u64) {
     let _gauge = Gauge::new(hub.metrics().clone());
     let cfg = hub.config().websocket.clone();
     let mut s = Session {
@@ -89,6 +104,7 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken,
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_rx = Instant::now();
     let mut buf: VecDeque<Utf8Bytes> = VecDeque::new();
+    let batch = cfg.write_buffer_bytes;
 
     let end = loop {
         tokio::select! {
@@ -98,7 +114,7 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken,
             }
             _ = s.outbox.ready() => {
                 let closing = s.outbox.drain_into(&mut buf);
-                if let Err(end) = write_all(&mut ws, &mut buf, &shutdown).await {
+                if let Err(end) = write_all(&mut ws, &mut buf, batch, &shutdown).await {
                     break end;
                 }
                 if buf.capacity() > KEEP_BUFFER {
@@ -116,12 +132,12 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken,
                     tracing::debug!("connection idle past its timeout; dropping");
                     break End::Drop;
                 }
-                let sent = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(Default::default()))).await;
+                let sent = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(Bytes::new()))).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     break End::Drop;
                 }
             }
-            msg = ws.recv() => {
+            msg = ws.next() => {
                 let msg = match msg {
                     None => break End::Drop,
                     Some(Err(e)) => break read_error(e),
@@ -153,7 +169,7 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken,
                         Metrics::inc(&s.hub.metrics().bad_frames);
                         s.error(None, ErrorCode::BadRequest, "Hearth speaks JSON in text frames; binary frames are not accepted.");
                     }
-                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     Message::Close(_) => break End::PeerClosed,
                 }
             }
@@ -174,7 +190,10 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken,
                 Metrics::inc(&s.hub.metrics().flood_disconnects);
             }
             tracing::debug!(code, reason, "closing connection");
-            Box::pin(close_gracefully(&mut ws, &s.outbox, &mut buf, code, reason)).await;
+            Box::pin(close_gracefully(
+                &mut ws, &s.outbox, &mut buf, batch, code, reason,
+            ))
+            .await;
         }
         End::PeerClosed => {
             // Sends the close reply tungstenite queued when the frame arrived.
@@ -189,20 +208,22 @@ pub async fn run(mut ws: WebSocket, hub: HubHandle, shutdown: CancellationToken,
 /// connection ends cleanly instead of with a reset that would discard the
 /// close frame (and everything before it) on the client's side.
 async fn close_gracefully(
-    ws: &mut WebSocket,
+    ws: &mut Socket,
     outbox: &Outbox,
     buf: &mut VecDeque<Utf8Bytes>,
+    batch: usize,
     code: u16,
     reason: &'static str,
 ) {
     let _ = outbox.drain_into(buf);
     let frame = Message::Close(Some(CloseFrame {
-        code,
+        code: CloseCode::from(code),
         reason: reason.into(),
     }));
     let send = async {
+        let mut pending = 0;
         for f in buf.drain(..) {
-            ws.feed(Message::Text(f)).await?;
+            pending = feed_text(ws, f, pending, batch).await?;
         }
         ws.send(frame).await
     };
@@ -210,7 +231,7 @@ async fn close_gracefully(
         return;
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        while let Some(Ok(msg)) = ws.recv().await {
+        while let Some(Ok(msg)) = ws.next().await {
             if matches!(msg, Message::Close(_)) {
                 break;
             }
@@ -222,16 +243,18 @@ async fn close_gracefully(
 /// Writes queued frames with one flush. A socket that does not accept them
 /// within `WRITE_TIMEOUT` is dead to us; shutdown does not wait for it.
 async fn write_all(
-    ws: &mut WebSocket,
+    ws: &mut Socket,
     buf: &mut VecDeque<Utf8Bytes>,
+    batch: usize,
     shutdown: &CancellationToken,
 ) -> Result<(), End> {
     if buf.is_empty() {
         return Ok(());
     }
     let write = async {
+        let mut pending = 0;
         for frame in buf.drain(..) {
-            ws.feed(Message::Text(frame)).await?;
+            pending = feed_text(ws, frame, pending, batch).await?;
         }
         ws.flush().await
     };
@@ -254,15 +277,56 @@ async fn write_all(
     }
 }
 
+/// Queues one text message for the next flush, given `pending` bytes
+/// queued since the last one; returns the bytes queued now.
+///
+/// tungstenite's write buffer keeps the largest capacity it ever reached,
+/// so it is kept at about `batch` bytes: the queue is flushed before a frame
+/// would take it past `batch` (tungstenite itself writes only once it is
+/// past `write_buffer_bytes`, and would then have doubled it), and a message
+/// longer than [`FRAGMENT`] goes out on its own, as fragments flushed one by
+/// one.
+async fn feed_text(
+    ws: &mut Socket,
+    text: Utf8Bytes,
+    pending: usize,
+    batch: usize,
+) -> Result<usize, tungstenite::Error> {
+    // The bytes were checked to be UTF-8 when the frame was encoded; a raw
+    // frame sends them without checking again.
+    let mut bytes = Bytes::from(text);
+    if bytes.len() <= FRAGMENT {
+        let size = bytes.len() + FRAME_HEADER;
+        let pending = if pending > 0 && pending + size > batch {
+            ws.flush().await?;
+            0
+        } else {
+            pending
+        };
+        let frame = Frame::message(bytes, OpCode::Data(Data::Text), true);
+        ws.feed(Message::Frame(frame)).await?;
+        return Ok(pending + size);
+    }
+    ws.flush().await?;
+    let mut op = Data::Text;
+    while !bytes.is_empty() {
+        let part = bytes.split_to(FRAGMENT.min(bytes.len()));
+        let last = bytes.is_empty();
+        ws.send(Message::Frame(Frame::message(part, OpCode::Data(op), last)))
+            .await?;
+        op = Data::Continue;
+    }
+    Ok(0)
+}
+
 /// A read error: an oversized frame gets 1009, anything else ends quietly.
-fn read_error(e: axum::Error) -> End {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => {
+fn read_error(e: tungstenite::Error) -> End {
+    match e {
+        tungstenite::Error::Capacity(_) => {
             End::Close(close::TOO_BIG, "frame larger than the server accepts")
         }
-        _ => {
-            tracing::debug!(cause = %inner, "read failed");
+        e => {
+            tracing::debug!(cause = %e, "read failed");
             End::Drop
         }
     }
