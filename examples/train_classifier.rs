@@ -7,8 +7,13 @@
 //!     --eval tests/fixtures/safety_blind.jsonl \
 //!     ../shared/safety-corpus/en.jsonl ../shared/safety-corpus/es.jsonl \
 //!     tests/fixtures/safety_fresh.jsonl tests/fixtures/safety_probe.jsonl \
-//!     tests/fixtures/safety_more.jsonl
+//!     tests/fixtures/safety_more.jsonl tests/fixtures/safety_long.jsonl \
+//!     tests/fixtures/safety_short.jsonl tests/fixtures/safety_others.jsonl \
+//!     tests/fixtures/safety_boundary.jsonl tests/fixtures/safety_latam.jsonl \
+//!     tests/fixtures/safety_world.jsonl
 //! ```
+//!
+//! (`config/safety/README.md` keeps the current list.)
 //!
 //! Files are labelled JSON lines in the schema of `shared/safety-corpus`.
 //! Training files teach the model; `--eval` files are only scored, after

@@ -483,9 +483,10 @@ async fn earlier_signals_from_the_same_person_raise_a_later_message() {
     let (mut doc, _) = clinician(&hub).await;
     let mut p = peer(&hub).await;
     let mut other = peer(&hub).await;
-    // One preparation act: below high on its own (two together, e.g. a
-    // will and giving a guitar away, are escalated at once).
-    p.send_text(ROOM, "sorted my will this week").await;
+    // One preparation act that stays below high on its own (many single
+    // acts are escalated at once by the classifier's model; this wording
+    // is not, so the risk memory is what raises the next message).
+    p.send_text(ROOM, "finally sorted my will").await;
     // The same words from someone without that history stay below high.
     other
         .send_text(ROOM, "i'm fine now 🙂 don't worry about me")

@@ -13,18 +13,20 @@
 //! prints only totals and tables, never a line).
 //!
 //! Scores (recall on high+imminent predicted high or above; share of gold
-//! `none` predicted high or above), taken once:
+//! `none` predicted high or above), one reading per model, never used to
+//! choose between settings (each model was adopted before it was scored):
 //! - rules alone: recall 0.552 (79/143), false escalations 0.047 (6/129);
-//! - rules + model (`config/safety/model.json`, trained on the corpus and
-//!   the seven other sets): recall 0.832 (119/143), false escalations
-//!   0.047 (6/129).
+//! - rules + the first model (trained on the corpus and seven other sets,
+//!   2 461 lines): recall 0.832 (119/143), false escalations 0.047;
+//! - rules + the model shipped now (the same settings, ten sets, 3 520
+//!   lines): recall 0.874 (125/143), false escalations 0.047 (6/129).
 
 mod common;
 
 use common::labelled::{load, Metrics};
 use hearth::safety::classifier::Classifier;
 
-const RECALL_FLOOR: f64 = 0.83;
+const RECALL_FLOOR: f64 = 0.87;
 const FALSE_ESCALATION_CEILING: f64 = 0.05;
 
 #[test]

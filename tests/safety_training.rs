@@ -1,9 +1,8 @@
-//! The labelled sets the classifier's model is trained on
-//! (`tests/fixtures/safety_{more,long,short,others}.jsonl`, each written
-//! blind from the corpus README by a different writer with a different
-//! brief: indirect phrasing; long messages from adults; short phone-typed
-//! slang; overdose, abuse, third parties and self-harm), scored with the
-//! shipped classifier.
+//! The labelled sets the classifier's model is trained on beyond the corpus,
+//! fresh and probe sets (`tests/fixtures/safety_*.jsonl`, listed in
+//! `config/safety/README.md`; each written blind from the corpus README by
+//! a different writer with a different brief), scored with the shipped
+//! classifier.
 //!
 //! In-sample scores say nothing about generalisation (see `safety_blind`
 //! for that). This test is here to catch a stale model: the model's
@@ -26,6 +25,9 @@ fn the_model_still_fits_what_it_was_trained_on() {
         "safety_long.jsonl",
         "safety_short.jsonl",
         "safety_others.jsonl",
+        "safety_boundary.jsonl",
+        "safety_latam.jsonl",
+        "safety_world.jsonl",
     ] {
         let mut m = Metrics::default();
         for l in &load(file) {
@@ -35,7 +37,7 @@ fn the_model_still_fits_what_it_was_trained_on() {
         }
         m.summary(file.trim_end_matches(".jsonl"));
     }
-    all.summary("all four");
+    all.summary("all");
     assert!(
         all.recall() >= 0.95 && all.false_escalation() <= 0.05,
         "the shipped model no longer fits its training sets (recall {:.3}, false escalations \
