@@ -18,15 +18,21 @@
 //! - rules alone: recall 0.552 (79/143), false escalations 0.047 (6/129);
 //! - rules + the first model (trained on the corpus and seven other sets,
 //!   2 461 lines): recall 0.832 (119/143), false escalations 0.047;
-//! - rules + the model shipped now (the same settings, ten sets, 3 520
-//!   lines): recall 0.874 (125/143), false escalations 0.047 (6/129).
+//! - rules + the second model (the same settings, ten sets, 3 520
+//!   lines): recall 0.874 (125/143), false escalations 0.047 (6/129);
+//! - rules + the model shipped now (fifteen sets, 5 520 lines, and the
+//!   model may lower a rules escalation it is confident about to
+//!   `concern`): recall 0.895, false escalations 0.023.
+//!
+//! `safety_blind2.jsonl` (`tests/safety_blind2.rs`) is a second set of the
+//! same kind, written later by another writer.
 
 mod common;
 
 use common::labelled::{load, Metrics};
 use hearth::safety::classifier::Classifier;
 
-const RECALL_FLOOR: f64 = 0.87;
+const RECALL_FLOOR: f64 = 0.89;
 const FALSE_ESCALATION_CEILING: f64 = 0.05;
 
 #[test]

@@ -28,6 +28,11 @@ fn the_model_still_fits_what_it_was_trained_on() {
         "safety_boundary.jsonl",
         "safety_latam.jsonl",
         "safety_world.jsonl",
+        "safety_teen.jsonl",
+        "safety_using.jsonl",
+        "safety_quiet.jsonl",
+        "safety_espana.jsonl",
+        "safety_grieflong.jsonl",
     ] {
         let mut m = Metrics::default();
         for l in &load(file) {

@@ -1554,18 +1554,30 @@ impl Classifier {
         };
         let quantity = cx.prepare_hits();
         let (mut level, mut categories) = cx.ladders(&mut s.signals);
-        if let (Some(model), true) = (&self.model, level < Level::High) {
+        if let Some(model) = &self.model {
             s.features.hashes.clear();
             cx.model_features(level, &mut s.features);
             let scores = model.score(&mut s.features.hashes);
-            let rule_bits = categories.iter().fold(0, |b, c| b | c.bit());
-            if let Some(raise) = model.decide(&scores, rule_bits) {
-                level = raise.level;
-                categories = Category::ALL
-                    .into_iter()
-                    .filter(|c| raise.categories & c.bit() != 0)
-                    .collect();
-                s.signals.push("model.escalate");
+            if level >= Level::High {
+                // The rules' combinations misfire on long posts that are
+                // full of risk words about someone else (an inquest, a
+                // funeral); the model, trained on such posts, can say so.
+                // Lowered only to `concern`: support and a staff flag
+                // still follow, a human still reads it.
+                if model.vetoes(&scores) {
+                    level = Level::Concern;
+                    s.signals.push("model.lowered");
+                }
+            } else {
+                let rule_bits = categories.iter().fold(0, |b, c| b | c.bit());
+                if let Some(raise) = model.decide(&scores, rule_bits) {
+                    level = raise.level;
+                    categories = Category::ALL
+                        .into_iter()
+                        .filter(|c| raise.categories & c.bit() != 0)
+                        .collect();
+                    s.signals.push("model.escalate");
+                }
             }
         }
         let help_seeking = cx.alive(Fam::HelpSeeking);
@@ -3623,10 +3635,14 @@ mod tests {
     /// The shipped rules with a hand-written model that knows one word, so
     /// these tests do not depend on trained weights.
     fn with_toy_model(word: &str, weight: f32, imminent: f32) -> Classifier {
+        with_toy_veto(word, weight, imminent, 0.0)
+    }
+
+    fn with_toy_veto(word: &str, weight: f32, imminent: f32, veto: f32) -> Classifier {
         let json = format!(
             r#"{{"format":1,"about":"test","heads":["escalate","imminent","suicide","self_harm","overdose","abuse","third_party"],
             "bias":[-5,-5,-5,-5,-5,-5,-5],"escalate_threshold":0.5,"imminent_threshold":0.5,"category_threshold":0.5,
-            "weights":{{"s:{word}":[{weight},{imminent},0,0,10,0,0]}}}}"#
+            "veto_threshold":{veto},"weights":{{"s:{word}":[{weight},{imminent},0,0,10,0,0]}}}}"#
         );
         let model = Model::from_json("toy.json", &json).expect("toy model compiles");
         let rules = Classifier::from_sources(BUILTIN.iter().map(|(n, s)| (*n, *s)))
@@ -3653,12 +3669,13 @@ mod tests {
     }
 
     #[test]
-    fn the_model_never_lowers_what_the_rules_found() {
+    fn the_model_never_lowers_what_the_rules_found_without_a_veto_threshold() {
         // A model that pushes everything down.
         let c = with_toy_model("tonight", -50.0, -50.0);
         let a = c.assess("i'm going to kill myself tonight", "anxiety");
         assert_eq!(a.level, Level::Imminent, "{a:?}");
         assert!(!a.signals.contains(&"model.escalate"));
+        assert!(!a.signals.contains(&"model.lowered"));
         // Rules-only still works with no model at all.
         let rules = c.with_model(None);
         assert_eq!(
@@ -3667,6 +3684,42 @@ mod tests {
                 .level,
             Level::Imminent
         );
+    }
+
+    #[test]
+    fn a_veto_lowers_a_rules_escalation_to_concern_and_no_further() {
+        // Every message scores P(escalate) = sigmoid(-5) < 0.2 unless it
+        // says "zorb", which lifts it over the veto threshold.
+        let c = with_toy_veto("zorb", 10.0, 0.0, 0.2);
+        let text = "i'm going to kill myself tonight";
+        let a = c.assess(text, "anxiety");
+        assert_eq!(a.level, Level::Concern, "{a:?}");
+        assert!(a.signals.contains(&"model.lowered"), "{a:?}");
+        // The rules' reasons and kinds of risk stay, so staff see why.
+        assert!(a.categories.contains(&Category::Suicide), "{a:?}");
+        assert!(
+            a.signals
+                .iter()
+                .any(|s| s.starts_with("intent") || s.starts_with("ideation")),
+            "{a:?}"
+        );
+        // Above the threshold the rules' level stands.
+        let b = c.assess("i'm going to kill myself tonight zorb", "anxiety");
+        assert_eq!(b.level, Level::Imminent, "{b:?}");
+        assert!(!b.signals.contains(&"model.lowered"), "{b:?}");
+        // Below `high` there is nothing to lower.
+        let n = c.assess("had a nice walk today", "anxiety");
+        assert_eq!(n.level, Level::None, "{n:?}");
+        assert!(!n.signals.contains(&"model.lowered"), "{n:?}");
+    }
+
+    #[test]
+    fn a_veto_threshold_out_of_range_is_refused() {
+        let json = r#"{"format":1,"about":"t","heads":["escalate","imminent","suicide","self_harm","overdose","abuse","third_party"],
+            "bias":[0,0,0,0,0,0,0],"escalate_threshold":0.5,"imminent_threshold":0.5,"category_threshold":0.5,
+            "veto_threshold":1.0,"weights":{}}"#;
+        let e = Model::from_json("m.json", json).expect_err("veto 1.0 refused");
+        assert!(e.to_string().contains("veto_threshold"), "{e}");
     }
 
     #[test]

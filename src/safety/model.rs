@@ -138,6 +138,12 @@ pub struct ModelFile {
     pub imminent_threshold: f32,
     /// A category is named when its probability reaches this.
     pub category_threshold: f32,
+    /// A rules escalation is lowered to `concern` when P(escalate) is
+    /// under this; 0 (the default) never lowers. `concern` still sends the
+    /// person support and flags the message to staff, so a lowered message
+    /// is still seen by a human; what it no longer does is page a clinician.
+    #[serde(default)]
+    pub veto_threshold: f32,
     /// Feature name → one weight per head.
     pub weights: BTreeMap<String, Vec<f32>>,
 }
@@ -159,6 +165,7 @@ pub struct Model {
     escalate_threshold: f32,
     imminent_threshold: f32,
     category_threshold: f32,
+    veto_threshold: f32,
 }
 
 /// What the model says about one message.
@@ -224,6 +231,12 @@ impl Model {
                 return Err(invalid(format!("{key}: must be between 0 and 1, is {t}")));
             }
         }
+        if !(0.0..1.0).contains(&m.veto_threshold) {
+            return Err(invalid(format!(
+                "veto_threshold: must be at least 0 and under 1, is {}",
+                m.veto_threshold
+            )));
+        }
         let bias = row("bias", &m.bias)?;
         let mut weights = HashMap::with_capacity_and_hasher(m.weights.len(), Default::default());
         for (name, w) in &m.weights {
@@ -239,6 +252,7 @@ impl Model {
             escalate_threshold: m.escalate_threshold,
             imminent_threshold: m.imminent_threshold,
             category_threshold: m.category_threshold,
+            veto_threshold: m.veto_threshold,
         })
     }
 
@@ -263,6 +277,13 @@ impl Model {
             imminent: sigmoid(z[IMMINENT]),
             categories,
         }
+    }
+
+    /// Whether the model overrules an escalation the rules raised: it is
+    /// confident the message is not high risk (P(escalate) under
+    /// `veto_threshold`). The caller lowers it to `concern`, never further.
+    pub fn vetoes(&self, s: &Scores) -> bool {
+        s.escalate < self.veto_threshold
     }
 
     /// The escalation the model raises, if any. `rule_cats` are the
@@ -498,6 +519,7 @@ pub fn train(rows: &[TrainRow], opts: &TrainOptions, about: String) -> ModelFile
         escalate_threshold: 0.5,
         imminent_threshold: 0.5,
         category_threshold: 0.5,
+        veto_threshold: 0.0,
         weights,
     }
 }
