@@ -24,6 +24,11 @@ fn is_label_char(c: char) -> bool {
 
 /// The host of a chunk that looks like a URL or a bare domain, if any.
 fn url_host<'a>(chunk: &'a str, tlds: &[String]) -> Option<&'a str> {
+    // A host needs a dot, and a scheme a colon: most words have neither,
+    // and this runs for every word of every message that has a dot in it.
+    if !chunk.bytes().any(|b| b == b'.' || b == b':') {
+        return None;
+    }
     let lower_starts = |p: &str| {
         chunk
             .get(..p.len())
